@@ -1,0 +1,136 @@
+//! The repository config: written once by `init`, create-only, never changed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{self, Kind};
+use crate::{FormatError, RepoId, Timestamp};
+
+/// FastCDC chunk-size limits in bytes. Pinned forever: changing them breaks dedup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    /// Smallest chunk (except a file's last).
+    pub min: u32,
+    /// Target average chunk.
+    pub avg: u32,
+    /// Largest chunk.
+    pub max: u32,
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        ChunkerParams {
+            min: 256 << 10,
+            avg: 1 << 20,
+            max: 4 << 20,
+        }
+    }
+}
+
+impl ChunkerParams {
+    /// Checks the limits FastCDC (2020) accepts.
+    ///
+    /// # Errors
+    /// [`FormatError::Invalid`] naming the first limit out of range.
+    pub fn validate(&self) -> Result<(), FormatError> {
+        let bad = |reason| FormatError::Invalid {
+            what: "chunker parameters",
+            value: format!("{}/{}/{}", self.min, self.avg, self.max),
+            reason,
+        };
+        if !(64..=1 << 20).contains(&self.min) {
+            return Err(bad("min must be 64 B..1 MiB"));
+        }
+        if !(256..=4 << 20).contains(&self.avg) {
+            return Err(bad("avg must be 256 B..4 MiB"));
+        }
+        if !(1024..=16 << 20).contains(&self.max) {
+            return Err(bad("max must be 1 KiB..16 MiB"));
+        }
+        if !(self.min <= self.avg && self.avg <= self.max) {
+            return Err(bad("need min <= avg <= max"));
+        }
+        if self.min % 2 != 0 || self.avg % 2 != 0 || self.max % 2 != 0 {
+            return Err(bad("sizes must be even"));
+        }
+        Ok(())
+    }
+}
+
+/// How blobs are compressed. Each blob records its own codec, so this only steers writers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compression {
+    /// zstd level for new blobs; 0 disables compression.
+    pub zstd_level: i32,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression { zstd_level: 3 }
+    }
+}
+
+/// Target sizes of packs in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackTargets {
+    /// Data packs (file chunks).
+    pub data: u32,
+    /// Metadata packs (trees).
+    pub meta: u32,
+}
+
+impl Default for PackTargets {
+    fn default() -> Self {
+        PackTargets {
+            data: 16 << 20,
+            meta: 4 << 20,
+        }
+    }
+}
+
+/// Encryption at rest. Version 1 writes only `None`; the field exists so that turning encryption
+/// on later is a config value, not a format break.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encryption {
+    /// Blobs are stored in the clear; ids are plain BLAKE3.
+    None,
+}
+
+/// The repository config object, stored at `config`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// Random id, fixed at init. Names the local cache directory.
+    pub id: RepoId,
+    /// When `init` ran (client clock; informational).
+    pub created: Timestamp,
+    /// Chunk-size limits.
+    pub chunker: ChunkerParams,
+    /// Compression for new blobs.
+    pub compression: Compression,
+    /// Pack size targets.
+    pub packs: PackTargets,
+    /// Encryption mode.
+    pub encryption: Encryption,
+}
+
+impl RepoConfig {
+    /// Encodes with the object header.
+    pub fn encode(&self) -> Vec<u8> {
+        envelope::encode(Kind::Config, self)
+    }
+
+    /// Decodes and validates.
+    ///
+    /// # Errors
+    /// Any [`FormatError`] for bytes that are not a valid version-1 config.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let c: RepoConfig = envelope::decode(Kind::Config, bytes)?;
+        c.chunker.validate()?;
+        if c.packs.data < 1 << 10 || c.packs.meta < 1 << 10 {
+            return Err(FormatError::malformed("repository config", "pack targets below 1 KiB"));
+        }
+        if !(0..=22).contains(&c.compression.zstd_level) {
+            return Err(FormatError::malformed("repository config", "zstd level outside 0..=22"));
+        }
+        Ok(c)
+    }
+}

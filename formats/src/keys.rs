@@ -1,0 +1,45 @@
+//! Store keys: where each object lives inside a repository prefix.
+
+use crate::{IndexId, PackId, PackKind, SnapshotId};
+
+/// The repository config.
+pub const CONFIG_KEY: &str = "config";
+
+/// `packs/<data|meta>/<hh>/<pack-id>`.
+pub fn pack_key(kind: PackKind, id: &PackId) -> String {
+    format!("packs/{}/{}/{}", kind.dir(), id.fanout(), id.to_hex())
+}
+
+/// `index/records/<hh>/<record-id>`.
+pub fn index_key(id: &IndexId) -> String {
+    format!("index/records/{}/{}", id.fanout(), id.to_hex())
+}
+
+/// Prefix of every index record.
+pub const INDEX_PREFIX: &str = "index/records/";
+
+/// `snapshots/<workspace>/<snapshot-id>`.
+pub fn snapshot_key(workspace: &str, id: &SnapshotId) -> String {
+    format!("snapshots/{workspace}/{}", id.to_hex())
+}
+
+/// `snapshots/<workspace>/`, or every workspace's with `None`.
+pub fn snapshot_prefix(workspace: Option<&str>) -> String {
+    match workspace {
+        Some(w) => format!("snapshots/{w}/"),
+        None => "snapshots/".to_string(),
+    }
+}
+
+/// `heads/<workspace>`.
+pub fn head_key(workspace: &str) -> String {
+    format!("heads/{workspace}")
+}
+
+/// Prefix of every head.
+pub const HEADS_PREFIX: &str = "heads/";
+
+/// Prefix of every pack of a kind.
+pub fn pack_prefix(kind: PackKind) -> String {
+    format!("packs/{}/", kind.dir())
+}

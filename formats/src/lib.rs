@@ -1,0 +1,41 @@
+//! Cairn's on-store format, version 1: the types, their encodings, and the key layout.
+//!
+//! This crate does no I/O and has no async: it turns bytes into validated values and back.
+//! Every decoder returns an error on malformed input and never panics, whatever the bytes; the
+//! property tests and golden files in `tests/` hold it to that. The prose specification is
+//! `FORMAT.md` next to this crate; a change to any encoded byte is a format break and needs a new
+//! version number.
+//!
+//! Design decisions:
+//! - Bodies are [postcard](https://docs.rs/postcard) (a stable, documented, compact serde wire
+//!   format) behind an 8-byte header naming the object kind and format version.
+//! - Ids are BLAKE3 of the exact stored plaintext, so every object verifies itself.
+//! - Tree decoding validates names (one component, no `..`, no `/`, no NUL, sorted, unique), so a
+//!   crafted snapshot cannot describe a path outside its root.
+
+#![warn(missing_docs)]
+
+mod config;
+mod envelope;
+mod error;
+mod id;
+mod index;
+mod keys;
+mod pack;
+mod snapshot;
+mod time;
+mod tree;
+
+pub use config::{ChunkerParams, Compression, Encryption, PackTargets, RepoConfig};
+pub use envelope::FORMAT_VERSION;
+pub use error::FormatError;
+pub use id::{BlobId, IndexId, PackId, RepoId, SnapshotId};
+pub use index::{IndexPack, IndexRecord};
+pub use keys::{
+    head_key, index_key, pack_key, pack_prefix, snapshot_key, snapshot_prefix, CONFIG_KEY, HEADS_PREFIX,
+    INDEX_PREFIX,
+};
+pub use pack::{Codec, PackEntry, PackKind, PackTrailer, PACK_FOOTER_LEN, PACK_HEADER_LEN, PACK_MAGIC};
+pub use snapshot::{validate_workspace, Head, Manifest, SnapshotStats};
+pub use time::Timestamp;
+pub use tree::{validate_name, Entry, Extent, Meta, Node, Tree, Xattr, MAX_NAME_LEN};

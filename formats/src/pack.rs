@@ -1,0 +1,158 @@
+//! Packs: immutable objects holding many blobs, with a self-describing trailer.
+//!
+//! ```text
+//! 0..8        b"CAIRNPK" 0x01            header (magic + pack layout version)
+//! 8..T        blob bytes, back to back    (each compressed or raw, see `Codec`)
+//! T..F        trailer: postcard(PackTrailer)
+//! F..F+4      trailer length, u32 LE
+//! F+4..F+36   BLAKE3 of the trailer bytes
+//! F+36..F+44  b"CAIRNPK" 0x01            footer magic
+//! ```
+//!
+//! The trailer lists every blob with its offset, so any index can be rebuilt from packs alone, and
+//! a reader can fetch the last few KiB of a pack to learn what it holds.
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::decode_body;
+use crate::{BlobId, FormatError};
+
+const WHAT: &str = "pack";
+
+/// Header and footer magic.
+pub const PACK_MAGIC: &[u8; 8] = b"CAIRNPK\x01";
+/// Bytes before the first blob.
+pub const PACK_HEADER_LEN: u64 = 8;
+/// Bytes after the trailer: length, checksum, magic.
+pub const PACK_FOOTER_LEN: u64 = 4 + 32 + 8;
+
+/// Whether a pack holds file data or trees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PackKind {
+    /// File chunks.
+    Data,
+    /// Tree blobs.
+    Meta,
+}
+
+impl PackKind {
+    /// The store directory name for this kind (`data` or `meta`).
+    pub fn dir(self) -> &'static str {
+        match self {
+            PackKind::Data => "data",
+            PackKind::Meta => "meta",
+        }
+    }
+}
+
+/// How a blob's stored bytes map to its content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Codec {
+    /// Stored as is.
+    Raw,
+    /// One zstd frame.
+    Zstd,
+}
+
+/// Where one blob lives inside a pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackEntry {
+    /// The blob's id (BLAKE3 of its uncompressed bytes).
+    pub id: BlobId,
+    /// Offset of the stored bytes from the start of the pack.
+    pub offset: u64,
+    /// Stored (possibly compressed) length.
+    pub stored_len: u32,
+    /// Uncompressed length.
+    pub raw_len: u32,
+    /// How the stored bytes decode.
+    pub codec: Codec,
+}
+
+impl PackEntry {
+    /// The byte range of the stored blob within its pack.
+    pub fn range(&self) -> std::ops::Range<u64> {
+        self.offset..self.offset + u64::from(self.stored_len)
+    }
+}
+
+/// The pack trailer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackTrailer {
+    /// What the pack holds.
+    pub kind: PackKind,
+    /// The blobs, in increasing offset order.
+    pub blobs: Vec<PackEntry>,
+}
+
+impl PackTrailer {
+    /// Appends the trailer and footer to a pack body that starts with [`PACK_MAGIC`].
+    pub fn append_to(&self, pack: &mut Vec<u8>) {
+        let start = pack.len();
+        postcard::to_io(self, &mut *pack).expect("invariant: writing to a Vec cannot fail");
+        let len = pack.len() - start;
+        let sum = *blake3::hash(&pack[start..]).as_bytes();
+        pack.extend_from_slice(&(len as u32).to_le_bytes());
+        pack.extend_from_slice(&sum);
+        pack.extend_from_slice(PACK_MAGIC);
+    }
+
+    /// Reads the trailer length from a pack's last [`PACK_FOOTER_LEN`] bytes.
+    ///
+    /// # Errors
+    /// [`FormatError::BadMagic`] if the footer magic is wrong.
+    pub fn trailer_len(footer: &[u8]) -> Result<u32, FormatError> {
+        if footer.len() < PACK_FOOTER_LEN as usize {
+            return Err(FormatError::malformed(WHAT, "shorter than the footer"));
+        }
+        let f = &footer[footer.len() - PACK_FOOTER_LEN as usize..];
+        if &f[36..44] != PACK_MAGIC {
+            return Err(FormatError::BadMagic { what: WHAT });
+        }
+        Ok(u32::from_le_bytes([f[0], f[1], f[2], f[3]]))
+    }
+
+    /// Decodes the trailer from the tail of a pack of `pack_len` bytes. `tail` must hold at least
+    /// the trailer and footer (the whole pack works too).
+    ///
+    /// # Errors
+    /// Any [`FormatError`]: bad magic, checksum mismatch, undecodable trailer, entries out of the
+    /// pack's bounds, overlapping or unsorted.
+    pub fn decode_tail(tail: &[u8], pack_len: u64) -> Result<Self, FormatError> {
+        let tlen = u64::from(Self::trailer_len(tail)?);
+        let need = tlen + PACK_FOOTER_LEN;
+        if need > tail.len() as u64 || need + PACK_HEADER_LEN > pack_len {
+            return Err(FormatError::malformed(WHAT, format!("trailer length {tlen} does not fit")));
+        }
+        let start = tail.len() - need as usize;
+        let body = &tail[start..start + tlen as usize];
+        let f = &tail[tail.len() - PACK_FOOTER_LEN as usize..];
+        if blake3::hash(body).as_bytes() != &f[4..36] {
+            return Err(FormatError::Checksum { what: "pack trailer" });
+        }
+        let t: PackTrailer = decode_body(WHAT, body)?;
+        let blobs_end = pack_len - need;
+        let mut pos = PACK_HEADER_LEN;
+        for b in &t.blobs {
+            if b.offset < pos || b.offset.saturating_add(u64::from(b.stored_len)) > blobs_end {
+                return Err(FormatError::malformed(
+                    WHAT,
+                    format!("blob {} at {}+{} out of order or bounds", b.id.short(), b.offset, b.stored_len),
+                ));
+            }
+            pos = b.offset + u64::from(b.stored_len);
+        }
+        Ok(t)
+    }
+
+    /// Decodes and checks a whole pack's header and trailer.
+    ///
+    /// # Errors
+    /// As [`PackTrailer::decode_tail`], plus a bad header.
+    pub fn decode_pack(pack: &[u8]) -> Result<Self, FormatError> {
+        if pack.len() < (PACK_HEADER_LEN + PACK_FOOTER_LEN) as usize || &pack[..8] != PACK_MAGIC {
+            return Err(FormatError::BadMagic { what: WHAT });
+        }
+        Self::decode_tail(pack, pack.len() as u64)
+    }
+}

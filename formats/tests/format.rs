@@ -1,0 +1,412 @@
+//! Format tests: every object round-trips, no input makes a decoder panic, and version-1 bytes
+//! are pinned by golden files.
+//!
+//! Golden files are written once, when a format version is created, with
+//! `CAIRN_WRITE_GOLDEN=1 cargo test -p cairn-formats --test format golden`, and never again: a test
+//! failure here means the encoding changed, which is a format break.
+
+use cairn_formats::*;
+use proptest::prelude::*;
+
+fn id32(seed: u8) -> [u8; 32] {
+    let mut a = [0u8; 32];
+    for (i, b) in a.iter_mut().enumerate() {
+        *b = seed.wrapping_mul(31).wrapping_add(i as u8);
+    }
+    a
+}
+
+fn sample_meta() -> Meta {
+    Meta {
+        mode: 0o4755,
+        uid: 1000,
+        gid: 100,
+        mtime: Timestamp {
+            secs: 1_795_350_718,
+            nanos: 123_456_789,
+        },
+        xattrs: vec![Xattr {
+            name: b"user.comment".to_vec(),
+            value: b"hello".to_vec(),
+        }],
+    }
+}
+
+fn sample_tree() -> Tree {
+    let mut t = Tree {
+        entries: vec![
+            Entry {
+                name: b"bin".to_vec(),
+                node: Node::Dir { tree: BlobId(id32(1)) },
+                meta: sample_meta(),
+            },
+            Entry {
+                name: b"data.db".to_vec(),
+                node: Node::File {
+                    size: 3 << 20,
+                    extents: vec![
+                        Extent::Chunk {
+                            id: BlobId(id32(2)),
+                            len: 1 << 20,
+                        },
+                        Extent::Hole { len: 1 << 20 },
+                        Extent::Chunk {
+                            id: BlobId(id32(3)),
+                            len: 1 << 20,
+                        },
+                    ],
+                    link_group: Some(42),
+                },
+                meta: sample_meta(),
+            },
+            Entry {
+                name: b"fifo".to_vec(),
+                node: Node::Fifo,
+                meta: Meta::default(),
+            },
+            Entry {
+                name: b"link".to_vec(),
+                node: Node::Symlink {
+                    target: b"../nowhere".to_vec(),
+                },
+                meta: Meta::default(),
+            },
+            Entry {
+                name: b"null".to_vec(),
+                node: Node::CharDevice { rdev: 0x103 },
+                meta: Meta::default(),
+            },
+            Entry {
+                name: b"sda".to_vec(),
+                node: Node::BlockDevice { rdev: 0x800 },
+                meta: Meta::default(),
+            },
+            Entry {
+                name: vec![b'n', 0xff, 0xfe],
+                node: Node::File {
+                    size: 0,
+                    extents: vec![],
+                    link_group: None,
+                },
+                meta: Meta::default(),
+            },
+        ],
+    };
+    t.sort();
+    t
+}
+
+fn sample_config() -> RepoConfig {
+    RepoConfig {
+        id: RepoId([7; 16]),
+        created: Timestamp {
+            secs: 1_795_350_718,
+            nanos: 0,
+        },
+        chunker: ChunkerParams::default(),
+        compression: Compression::default(),
+        packs: PackTargets::default(),
+        encryption: Encryption::None,
+    }
+}
+
+fn sample_manifest() -> Manifest {
+    Manifest {
+        workspace: "ws-1".into(),
+        time: Timestamp {
+            secs: 1_795_350_718,
+            nanos: 5,
+        },
+        host: "node-a".into(),
+        source: b"/workspace".to_vec(),
+        root: BlobId(id32(9)),
+        root_meta: sample_meta(),
+        parent: Some(SnapshotId(id32(10))),
+        base: None,
+        index: vec![IndexId(id32(11)), IndexId(id32(12))],
+        stats: SnapshotStats {
+            files: 1,
+            dirs: 2,
+            others: 3,
+            bytes: 4,
+            files_read: 5,
+            bytes_read: 6,
+            new_blobs: 7,
+            new_bytes: 8,
+            uploaded_bytes: 9,
+            skipped: 0,
+        },
+        tags: vec!["nightly".into()],
+    }
+}
+
+fn sample_entry(seed: u8, offset: u64) -> PackEntry {
+    PackEntry {
+        id: BlobId(id32(seed)),
+        offset,
+        stored_len: 100,
+        raw_len: 200,
+        codec: if seed % 2 == 0 { Codec::Zstd } else { Codec::Raw },
+    }
+}
+
+fn sample_index() -> IndexRecord {
+    IndexRecord {
+        packs: vec![IndexPack {
+            pack: PackId(id32(20)),
+            kind: PackKind::Data,
+            size: 4096,
+            blobs: vec![sample_entry(21, 8), sample_entry(22, 108)],
+        }],
+    }
+}
+
+fn sample_pack() -> Vec<u8> {
+    let mut p = PACK_MAGIC.to_vec();
+    p.extend_from_slice(&[0xAB; 200]);
+    PackTrailer {
+        kind: PackKind::Meta,
+        blobs: vec![sample_entry(30, 8), sample_entry(31, 108)],
+    }
+    .append_to(&mut p);
+    p
+}
+
+fn golden(name: &str, bytes: &[u8]) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1").join(name);
+    if std::env::var_os("CAIRN_WRITE_GOLDEN").is_some() && !path.exists() {
+        std::fs::write(&path, bytes).expect("write golden file");
+    }
+    let want = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(bytes, want.as_slice(), "{name}: encoding changed; this is a format break");
+}
+
+#[test]
+fn golden_v1_config() {
+    let b = sample_config().encode();
+    golden("config.bin", &b);
+    assert_eq!(RepoConfig::decode(&b).expect("decodes"), sample_config());
+}
+
+#[test]
+fn golden_v1_tree() {
+    let b = sample_tree().encode();
+    golden("tree.bin", &b);
+    assert_eq!(Tree::decode(&b).expect("decodes"), sample_tree());
+}
+
+#[test]
+fn golden_v1_manifest() {
+    let b = sample_manifest().encode();
+    golden("manifest.bin", &b);
+    assert_eq!(Manifest::decode(&b).expect("decodes"), sample_manifest());
+}
+
+#[test]
+fn golden_v1_head() {
+    let h = Head {
+        snapshot: SnapshotId(id32(40)),
+        time: Timestamp { secs: 1, nanos: 2 },
+    };
+    let b = h.encode();
+    golden("head.bin", &b);
+    assert_eq!(Head::decode(&b).expect("decodes"), h);
+}
+
+#[test]
+fn golden_v1_index() {
+    let b = sample_index().encode();
+    golden("index.bin", &b);
+    assert_eq!(IndexRecord::decode(&b).expect("decodes"), sample_index());
+}
+
+#[test]
+fn golden_v1_pack() {
+    let b = sample_pack();
+    golden("pack.bin", &b);
+    let t = PackTrailer::decode_pack(&b).expect("decodes");
+    assert_eq!(t.blobs, vec![sample_entry(30, 8), sample_entry(31, 108)]);
+}
+
+#[test]
+fn header_errors_name_the_problem() {
+    let mut b = sample_manifest().encode();
+    assert!(matches!(Tree::decode(&b), Err(FormatError::WrongKind { .. })));
+    b[6] = 2;
+    assert!(matches!(
+        Manifest::decode(&b),
+        Err(FormatError::UnsupportedVersion { found: 2, .. })
+    ));
+    assert!(matches!(Manifest::decode(b"nope"), Err(FormatError::BadMagic { .. })));
+    let mut t = sample_tree().encode();
+    t.push(0);
+    assert!(matches!(Tree::decode(&t), Err(FormatError::Malformed { .. })));
+}
+
+#[test]
+fn unsafe_tree_names_are_refused() {
+    for bad in [&b".."[..], b".", b"", b"a/b", b"/etc", b"a\0b"] {
+        let mut t = sample_tree();
+        t.entries[0].name = bad.to_vec();
+        t.sort();
+        let err = Tree::decode(&t.encode()).expect_err("must refuse");
+        assert!(err.to_string().contains("entry name"), "{bad:?}: {err}");
+    }
+}
+
+#[test]
+fn duplicate_or_unsorted_names_are_refused() {
+    let mut t = sample_tree();
+    t.entries[1].name = t.entries[0].name.clone();
+    assert!(Tree::decode(&t.encode()).is_err());
+    let mut t = sample_tree();
+    t.entries.swap(0, 1);
+    assert!(Tree::decode(&t.encode()).is_err());
+}
+
+#[test]
+fn extents_must_add_up() {
+    let mut t = sample_tree();
+    if let Node::File { size, .. } = &mut t.entries[1].node {
+        *size += 1;
+    }
+    assert!(Tree::decode(&t.encode()).is_err());
+}
+
+#[test]
+fn pack_trailer_checksum_catches_a_flipped_byte() {
+    let mut p = sample_pack();
+    let n = p.len();
+    p[n - PACK_FOOTER_LEN as usize - 3] ^= 0x10;
+    assert!(matches!(
+        PackTrailer::decode_pack(&p),
+        Err(FormatError::Checksum { .. }) | Err(FormatError::Malformed { .. })
+    ));
+}
+
+#[test]
+fn workspace_names() {
+    for ok in ["a", "ws-1", "team.alpha_2"] {
+        validate_workspace(ok).expect(ok);
+    }
+    for bad in ["", ".hidden", "-x", "a/b", "a b", &"x".repeat(129)] {
+        assert!(validate_workspace(bad).is_err(), "{bad:?}");
+    }
+}
+
+fn arb_name() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0), 1..40)
+        .prop_filter("not . or ..", |n| n != b"." && n != b"..")
+}
+
+fn arb_meta() -> impl Strategy<Value = Meta> {
+    (
+        0u32..0o10000,
+        any::<u32>(),
+        any::<u32>(),
+        any::<i64>(),
+        0u32..1_000_000_000,
+        proptest::collection::vec((arb_name(), proptest::collection::vec(any::<u8>(), 0..20)), 0..3),
+    )
+        .prop_map(|(mode, uid, gid, secs, nanos, x)| Meta {
+            mode,
+            uid,
+            gid,
+            mtime: Timestamp { secs, nanos },
+            xattrs: x.into_iter().map(|(name, value)| Xattr { name, value }).collect(),
+        })
+}
+
+fn arb_node() -> impl Strategy<Value = Node> {
+    prop_oneof![
+        any::<[u8; 32]>().prop_map(|t| Node::Dir { tree: BlobId(t) }),
+        (
+            proptest::collection::vec((any::<[u8; 32]>(), 1u32..5_000_000, any::<bool>()), 0..6),
+            proptest::option::of(any::<u64>())
+        )
+            .prop_map(|(xs, link_group)| {
+                let extents: Vec<Extent> = xs
+                    .into_iter()
+                    .map(|(id, len, hole)| {
+                        if hole {
+                            Extent::Hole { len: u64::from(len) }
+                        } else {
+                            Extent::Chunk { id: BlobId(id), len }
+                        }
+                    })
+                    .collect();
+                Node::File {
+                    size: extents.iter().map(|x| x.len()).sum(),
+                    extents,
+                    link_group,
+                }
+            }),
+        arb_name().prop_map(|target| Node::Symlink { target }),
+        Just(Node::Fifo),
+        any::<u64>().prop_map(|rdev| Node::CharDevice { rdev }),
+        any::<u64>().prop_map(|rdev| Node::BlockDevice { rdev }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn tree_round_trips(entries in proptest::collection::btree_map(arb_name(), (arb_node(), arb_meta()), 0..12)) {
+        let tree = Tree {
+            entries: entries.into_iter().map(|(name, (node, meta))| Entry { name, node, meta }).collect(),
+        };
+        let b = tree.encode();
+        prop_assert_eq!(Tree::decode(&b).expect("valid tree decodes"), tree);
+    }
+
+    #[test]
+    fn manifest_round_trips(secs in any::<i64>(), n in 0usize..5, tags in proptest::collection::vec("[a-z]{0,8}", 0..3), meta in arb_meta()) {
+        let mut m = sample_manifest();
+        m.time.secs = secs;
+        m.index = (0..n).map(|i| IndexId(id32(i as u8))).collect();
+        m.tags = tags;
+        m.root_meta = meta;
+        prop_assert_eq!(Manifest::decode(&m.encode()).expect("decodes"), m);
+    }
+
+    #[test]
+    fn index_and_pack_round_trip(sizes in proptest::collection::vec(1u32..10_000, 0..20)) {
+        let mut p = PACK_MAGIC.to_vec();
+        let mut blobs = Vec::new();
+        for (i, s) in sizes.iter().enumerate() {
+            blobs.push(PackEntry { id: BlobId(id32(i as u8)), offset: p.len() as u64, stored_len: *s, raw_len: *s, codec: Codec::Raw });
+            p.extend(std::iter::repeat_n(i as u8, *s as usize));
+        }
+        let t = PackTrailer { kind: PackKind::Data, blobs: blobs.clone() };
+        t.append_to(&mut p);
+        prop_assert_eq!(PackTrailer::decode_pack(&p).expect("decodes"), t);
+        let r = IndexRecord { packs: vec![IndexPack { pack: PackId::of(&p), kind: PackKind::Data, size: p.len() as u64, blobs }] };
+        prop_assert_eq!(IndexRecord::decode(&r.encode()).expect("decodes"), r);
+    }
+
+    #[test]
+    fn decoders_never_panic_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = RepoConfig::decode(&bytes);
+        let _ = Tree::decode(&bytes);
+        let _ = Manifest::decode(&bytes);
+        let _ = Head::decode(&bytes);
+        let _ = IndexRecord::decode(&bytes);
+        let _ = PackTrailer::decode_pack(&bytes);
+        let _ = PackTrailer::decode_tail(&bytes, bytes.len() as u64);
+    }
+
+    #[test]
+    fn decoders_never_panic_on_mutations(which in 0usize..6, pos in any::<prop::sample::Index>(), val in any::<u8>(), cut in any::<prop::sample::Index>()) {
+        let good = [sample_config().encode(), sample_tree().encode(), sample_manifest().encode(),
+            Head { snapshot: SnapshotId(id32(1)), time: Timestamp::default() }.encode(), sample_index().encode(), sample_pack()];
+        let mut b = good[which].clone();
+        let i = pos.index(b.len());
+        b[i] = val;
+        let b = &b[..cut.index(b.len() + 1)];
+        let _ = RepoConfig::decode(b);
+        let _ = Tree::decode(b);
+        let _ = Manifest::decode(b);
+        let _ = Head::decode(b);
+        let _ = IndexRecord::decode(b);
+        let _ = PackTrailer::decode_pack(b);
+    }
+}
