@@ -126,10 +126,16 @@ impl RepoConfig {
         let c: RepoConfig = envelope::decode(Kind::Config, bytes)?;
         c.chunker.validate()?;
         if c.packs.data < 1 << 10 || c.packs.meta < 1 << 10 {
-            return Err(FormatError::malformed("repository config", "pack targets below 1 KiB"));
+            return Err(FormatError::malformed(
+                "repository config",
+                "pack targets below 1 KiB",
+            ));
         }
         if !(0..=22).contains(&c.compression.zstd_level) {
-            return Err(FormatError::malformed("repository config", "zstd level outside 0..=22"));
+            return Err(FormatError::malformed(
+                "repository config",
+                "zstd level outside 0..=22",
+            ));
         }
         Ok(c)
     }

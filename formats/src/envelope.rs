@@ -74,9 +74,13 @@ pub(crate) fn decode<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T,
 }
 
 pub(crate) fn decode_body<T: DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<T, FormatError> {
-    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| FormatError::malformed(what, e.to_string()))?;
+    let (value, rest) =
+        postcard::take_from_bytes(body).map_err(|e| FormatError::malformed(what, e.to_string()))?;
     if !rest.is_empty() {
-        return Err(FormatError::malformed(what, format!("{} trailing bytes", rest.len())));
+        return Err(FormatError::malformed(
+            what,
+            format!("{} trailing bytes", rest.len()),
+        ));
     }
     Ok(value)
 }

@@ -42,7 +42,11 @@ impl IndexRecord {
                 if b.offset.saturating_add(u64::from(b.stored_len)) > p.size {
                     return Err(FormatError::malformed(
                         "index record",
-                        format!("blob {} lies beyond the end of pack {}", b.id.short(), p.pack.short()),
+                        format!(
+                            "blob {} lies beyond the end of pack {}",
+                            b.id.short(),
+                            p.pack.short()
+                        ),
                     ));
                 }
             }

@@ -122,7 +122,10 @@ impl PackTrailer {
         let tlen = u64::from(Self::trailer_len(tail)?);
         let need = tlen + PACK_FOOTER_LEN;
         if need > tail.len() as u64 || need + PACK_HEADER_LEN > pack_len {
-            return Err(FormatError::malformed(WHAT, format!("trailer length {tlen} does not fit")));
+            return Err(FormatError::malformed(
+                WHAT,
+                format!("trailer length {tlen} does not fit"),
+            ));
         }
         let start = tail.len() - need as usize;
         let body = &tail[start..start + tlen as usize];
@@ -137,7 +140,12 @@ impl PackTrailer {
             if b.offset < pos || b.offset.saturating_add(u64::from(b.stored_len)) > blobs_end {
                 return Err(FormatError::malformed(
                     WHAT,
-                    format!("blob {} at {}+{} out of order or bounds", b.id.short(), b.offset, b.stored_len),
+                    format!(
+                        "blob {} at {}+{} out of order or bounds",
+                        b.id.short(),
+                        b.offset,
+                        b.stored_len
+                    ),
                 ));
             }
             pos = b.offset + u64::from(b.stored_len);

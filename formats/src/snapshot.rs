@@ -72,7 +72,10 @@ impl Manifest {
         validate_workspace(&m.workspace)
             .map_err(|_| FormatError::malformed("snapshot manifest", "invalid workspace name"))?;
         if !m.time.is_valid() {
-            return Err(FormatError::malformed("snapshot manifest", "time nanoseconds out of range"));
+            return Err(FormatError::malformed(
+                "snapshot manifest",
+                "time nanoseconds out of range",
+            ));
         }
         Ok(m)
     }

@@ -62,7 +62,10 @@ mod tests {
 
     #[test]
     fn rfc3339_known_values() {
-        assert_eq!(Timestamp { secs: 0, nanos: 0 }.to_rfc3339(), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            Timestamp { secs: 0, nanos: 0 }.to_rfc3339(),
+            "1970-01-01T00:00:00Z"
+        );
         assert_eq!(
             Timestamp {
                 secs: 1_795_350_718,
@@ -71,6 +74,9 @@ mod tests {
             .to_rfc3339(),
             "2026-11-22T12:31:58Z"
         );
-        assert_eq!(Timestamp { secs: -1, nanos: 0 }.to_rfc3339(), "1969-12-31T23:59:59Z");
+        assert_eq!(
+            Timestamp { secs: -1, nanos: 0 }.to_rfc3339(),
+            "1969-12-31T23:59:59Z"
+        );
     }
 }

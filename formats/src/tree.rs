@@ -187,7 +187,10 @@ impl Tree {
                 if p >= e.name.as_slice() {
                     return Err(FormatError::malformed(
                         WHAT,
-                        format!("entries not strictly sorted at {:?}", String::from_utf8_lossy(&e.name)),
+                        format!(
+                            "entries not strictly sorted at {:?}",
+                            String::from_utf8_lossy(&e.name)
+                        ),
                     ));
                 }
             }
@@ -218,7 +221,10 @@ impl Tree {
                 }
                 Node::Symlink { target } => {
                     if target.is_empty() || target.contains(&0) {
-                        return Err(FormatError::malformed(WHAT, "symlink target empty or contains NUL"));
+                        return Err(FormatError::malformed(
+                            WHAT,
+                            "symlink target empty or contains NUL",
+                        ));
                     }
                 }
                 Node::Dir { .. } | Node::Fifo | Node::CharDevice { .. } | Node::BlockDevice { .. } => {}

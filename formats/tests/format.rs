@@ -37,7 +37,9 @@ fn sample_tree() -> Tree {
         entries: vec![
             Entry {
                 name: b"bin".to_vec(),
-                node: Node::Dir { tree: BlobId(id32(1)) },
+                node: Node::Dir {
+                    tree: BlobId(id32(1)),
+                },
                 meta: sample_meta(),
             },
             Entry {
@@ -173,12 +175,18 @@ fn sample_pack() -> Vec<u8> {
 }
 
 fn golden(name: &str, bytes: &[u8]) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/v1")
+        .join(name);
     if std::env::var_os("CAIRN_WRITE_GOLDEN").is_some() && !path.exists() {
         std::fs::write(&path, bytes).expect("write golden file");
     }
     let want = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(bytes, want.as_slice(), "{name}: encoding changed; this is a format break");
+    assert_eq!(
+        bytes,
+        want.as_slice(),
+        "{name}: encoding changed; this is a format break"
+    );
 }
 
 #[test]
@@ -237,7 +245,10 @@ fn header_errors_name_the_problem() {
         Manifest::decode(&b),
         Err(FormatError::UnsupportedVersion { found: 2, .. })
     ));
-    assert!(matches!(Manifest::decode(b"nope"), Err(FormatError::BadMagic { .. })));
+    assert!(matches!(
+        Manifest::decode(b"nope"),
+        Err(FormatError::BadMagic { .. })
+    ));
     let mut t = sample_tree().encode();
     t.push(0);
     assert!(matches!(Tree::decode(&t), Err(FormatError::Malformed { .. })));
@@ -295,8 +306,11 @@ fn workspace_names() {
 }
 
 fn arb_name() -> impl Strategy<Value = Vec<u8>> {
-    proptest::collection::vec(any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0), 1..40)
-        .prop_filter("not . or ..", |n| n != b"." && n != b"..")
+    proptest::collection::vec(
+        any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0),
+        1..40,
+    )
+    .prop_filter("not . or ..", |n| n != b"." && n != b"..")
 }
 
 fn arb_meta() -> impl Strategy<Value = Meta> {

@@ -1,0 +1,58 @@
+//! Cairn's engine: everything that does work.
+//!
+//! A backup walks a directory in parallel, splits changed files into content-defined chunks
+//! (FastCDC), names each by its BLAKE3 hash, compresses new ones with zstd, and packs them into
+//! large immutable pack objects; trees describe directories; a manifest seals a snapshot; the
+//! workspace head moves to it by compare-and-swap. A restore reads the head, the manifest, the
+//! index records and trees it names, then fetches pack ranges in parallel and writes verified
+//! bytes at their offsets. See `ARCHITECTURE.md` at the repository root for the code map and the
+//! invariants, and `formats/FORMAT.md` for the on-store format.
+//!
+//! Design notes:
+//! - CPU work (hashing, chunking, compression, decompression) runs on rayon or tokio's blocking
+//!   threads; store I/O runs on tokio. Every queue between them is bounded.
+//! - The local index (RocksDB) is a cache: blob locations, pack coverage, and a stat cache that
+//!   lets an incremental backup skip reading unchanged files. Losing it costs time only.
+//! - Store writes are create-only for content-addressed objects; only heads change, by
+//!   compare-and-swap.
+
+#![warn(missing_docs)]
+
+mod backup;
+mod check;
+mod chunker;
+mod compress;
+mod drill;
+mod error;
+mod index;
+mod meta;
+mod pack;
+mod progress;
+mod repo;
+mod restore;
+mod store;
+mod tree;
+mod verify;
+
+pub use backup::{backup, BackupOptions, BackupReport};
+pub use check::{check, CheckReport};
+pub use chunker::{chunk_reader, chunk_slice, ChunkReadError};
+pub use compress::{decode_blob, encode_blob, EncodedBlob};
+pub use drill::{drill, DrillReport};
+pub use error::{Error, Result};
+pub use index::{BlobLocation, LocalIndex, PackInfo, StatEntry};
+pub use meta::is_root;
+pub use pack::{FinishedPack, PackBuilder};
+pub use progress::{Progress, ProgressSnapshot};
+pub use repo::{default_cache_dir, IndexHandle, InitOptions, Locations, Repo, SnapshotInfo};
+pub use restore::{read_marker, restore, RestoreMarker, RestoreOptions, RestoreReport};
+pub use store::{open_store, GetResult, LocalStore, ObjectMeta, PutMode, Store, StoreExt, Version};
+pub use tree::SnapshotTrees;
+pub use verify::{verify_dir, VerifyReport};
+
+/// Re-export of the format crate, so binaries need one dependency.
+pub use cairn_formats as formats;
+
+/// Name of the completion marker a restore writes at the root of its target, last. Backups leave
+/// it out.
+pub const RESTORE_MARKER: &str = ".cairn-snapshot";

@@ -1,0 +1,110 @@
+//! Building packs: blobs appended back to back, then the self-describing trailer.
+
+use bytes::Bytes;
+use cairn_formats::{PackEntry, PackId, PackKind, PackTrailer, PACK_MAGIC};
+
+use crate::compress::EncodedBlob;
+
+/// A pack being filled.
+#[derive(Debug)]
+pub struct PackBuilder {
+    kind: PackKind,
+    buf: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+/// A sealed pack, ready to upload.
+#[derive(Debug, Clone)]
+pub struct FinishedPack {
+    /// BLAKE3 of `bytes`.
+    pub id: PackId,
+    /// Data or metadata.
+    pub kind: PackKind,
+    /// The whole pack object.
+    pub bytes: Bytes,
+    /// Its blobs, as in the trailer.
+    pub entries: Vec<PackEntry>,
+}
+
+impl PackBuilder {
+    /// An empty pack expected to grow to about `target` bytes.
+    pub fn new(kind: PackKind, target: usize) -> Self {
+        let mut buf = Vec::with_capacity(target + (target >> 3));
+        buf.extend_from_slice(PACK_MAGIC);
+        PackBuilder {
+            kind,
+            buf,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Appends a blob.
+    pub fn add(&mut self, blob: &EncodedBlob) {
+        self.entries.push(PackEntry {
+            id: blob.id,
+            offset: self.buf.len() as u64,
+            stored_len: u32::try_from(blob.data.len()).expect("invariant: blobs are at most 4 GiB"),
+            raw_len: blob.raw_len,
+            codec: blob.codec,
+        });
+        self.buf.extend_from_slice(&blob.data);
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether no blob was added.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Writes the trailer and computes the pack id.
+    pub fn finish(self) -> FinishedPack {
+        let mut buf = self.buf;
+        let trailer = PackTrailer {
+            kind: self.kind,
+            blobs: self.entries,
+        };
+        trailer.append_to(&mut buf);
+        FinishedPack {
+            id: PackId::of(&buf),
+            kind: self.kind,
+            bytes: Bytes::from(buf),
+            entries: trailer.blobs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::{decode_blob, encode_blob};
+    use cairn_formats::BlobId;
+
+    #[test]
+    fn finished_pack_describes_itself() {
+        let mut b = PackBuilder::new(PackKind::Data, 1024);
+        let blobs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 100 * (i as usize + 1)]).collect();
+        for raw in &blobs {
+            b.add(&encode_blob(BlobId::of(raw), raw, 3));
+        }
+        let p = b.finish();
+        let t = PackTrailer::decode_pack(&p.bytes).expect("valid pack");
+        assert_eq!(t.blobs, p.entries);
+        for (e, raw) in t.blobs.iter().zip(&blobs) {
+            let r = e.range();
+            let got = decode_blob(
+                "p",
+                &e.id,
+                &p.bytes[r.start as usize..r.end as usize],
+                e.raw_len,
+                e.codec,
+            )
+            .expect("blob decodes");
+            assert_eq!(&got, raw);
+        }
+        assert_eq!(p.id, PackId::of(&p.bytes));
+    }
+}

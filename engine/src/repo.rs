@@ -1,0 +1,416 @@
+//! A repository: one store plus its config, and the reads every operation shares.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cairn_formats::{
+    head_key, index_key, snapshot_key, snapshot_prefix, validate_workspace, BlobId, ChunkerParams,
+    Compression, Encryption, Head, IndexId, IndexRecord, Manifest, PackKind, PackTargets, RepoConfig, RepoId,
+    SnapshotId, Timestamp, CONFIG_KEY,
+};
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+use crate::index::{BlobLocation, LocalIndex};
+use crate::store::{PutMode, Store, StoreExt, Version};
+use crate::{Error, Result};
+
+/// How many small-object GETs a repository read keeps in flight.
+pub(crate) const READ_CONCURRENCY: usize = 16;
+
+/// Settings for a new repository.
+#[derive(Clone, Debug, Default)]
+pub struct InitOptions {
+    /// Chunk-size limits (default 256 KiB / 1 MiB / 4 MiB).
+    pub chunker: Option<ChunkerParams>,
+    /// zstd level (default 3).
+    pub zstd_level: Option<i32>,
+    /// Pack targets (default 16 MiB data, 4 MiB meta).
+    pub packs: Option<PackTargets>,
+}
+
+/// A snapshot as listed.
+#[derive(Clone, Debug)]
+pub struct SnapshotInfo {
+    /// Its id.
+    pub id: SnapshotId,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Whether it is its workspace's head.
+    pub is_head: bool,
+}
+
+/// An open repository.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    store: Arc<dyn Store>,
+    config: RepoConfig,
+}
+
+impl Repo {
+    /// Creates a repository in an empty store.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] if the store already holds a repository or the options are invalid;
+    /// store errors.
+    pub async fn init(store: Arc<dyn Store>, opts: InitOptions) -> Result<Repo> {
+        let config = RepoConfig {
+            id: RepoId(rand::random()),
+            created: Timestamp::now(),
+            chunker: opts.chunker.unwrap_or_default(),
+            compression: Compression {
+                zstd_level: opts.zstd_level.unwrap_or(Compression::default().zstd_level),
+            },
+            packs: opts.packs.unwrap_or_default(),
+            encryption: Encryption::None,
+        };
+        config
+            .chunker
+            .validate()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        // Round-trip through the decoder so init can never write a config that open refuses.
+        let bytes = config.encode();
+        RepoConfig::decode(&bytes).map_err(|e| Error::Invalid(e.to_string()))?;
+        match store.put(CONFIG_KEY, Bytes::from(bytes), PutMode::Create).await {
+            Ok(_) => Ok(Repo { store, config }),
+            Err(Error::AlreadyExists { .. }) => Err(Error::Invalid(format!(
+                "{}: a repository already exists here; nothing was changed",
+                store.location()
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens the repository in `store`.
+    ///
+    /// # Errors
+    /// [`Error::NoRepository`] if there is no config; [`Error::Corrupt`] if it does not decode.
+    pub async fn open(store: Arc<dyn Store>) -> Result<Repo> {
+        let got = match store.get(CONFIG_KEY).await {
+            Ok(g) => g,
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::NoRepository {
+                    store: store.location(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let config = RepoConfig::decode(&got.data).map_err(|e| Error::format(CONFIG_KEY, e))?;
+        Ok(Repo { store, config })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The config.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// Opens the local index for this repository under `cache_dir` (see [`default_cache_dir`]).
+    /// If another process holds it, a private temporary index is used instead: slower (nothing
+    /// cached), never wrong.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if no directory can be created.
+    pub fn open_index(&self, cache_dir: &Path) -> Result<IndexHandle> {
+        let path = cache_dir.join(self.config.id.to_hex()).join("index");
+        match LocalIndex::open(&path) {
+            Ok(index) => Ok(IndexHandle { index, _tmp: None }),
+            Err(Error::Index { detail, .. }) if detail.contains("lock") => {
+                tracing::warn!(path = %path.display(), "local index is in use by another process; using a temporary one");
+                let tmp = tempfile::Builder::new()
+                    .prefix("cairn-index-")
+                    .tempdir()
+                    .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+                let index = LocalIndex::open(tmp.path())?;
+                Ok(IndexHandle {
+                    index,
+                    _tmp: Some(tmp),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The head of `workspace` and its version, if it has one.
+    ///
+    /// # Errors
+    /// Store errors; [`Error::Corrupt`] if the head does not decode.
+    pub async fn head(&self, workspace: &str) -> Result<Option<(Head, Version)>> {
+        validate_workspace(workspace).map_err(|e| Error::Invalid(e.to_string()))?;
+        let key = head_key(workspace);
+        match self.store.get_opt(&key).await? {
+            Some(g) => Ok(Some((
+                Head::decode(&g.data).map_err(|e| Error::format(key, e))?,
+                g.version,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads and verifies a manifest.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Corrupt`] if the bytes do not hash to `id` or do not decode.
+    pub async fn manifest(&self, workspace: &str, id: &SnapshotId) -> Result<Manifest> {
+        let key = snapshot_key(workspace, id);
+        let got = self.store.get(&key).await?;
+        if SnapshotId::of(&got.data) != *id {
+            return Err(Error::Corrupt {
+                object: key,
+                detail: "content does not hash to the snapshot id".into(),
+            });
+        }
+        Manifest::decode(&got.data).map_err(|e| Error::format(key, e))
+    }
+
+    /// Finds a snapshot of `workspace`: the head when `snapshot` is `None` or `"latest"`, else the
+    /// snapshot whose id starts with the given hex prefix.
+    ///
+    /// # Errors
+    /// [`Error::Unknown`] for an unknown workspace, no match or an ambiguous prefix.
+    pub async fn resolve(&self, workspace: &str, snapshot: Option<&str>) -> Result<(SnapshotId, Manifest)> {
+        validate_workspace(workspace).map_err(|e| Error::Invalid(e.to_string()))?;
+        let id = match snapshot {
+            None | Some("latest") => match self.head(workspace).await? {
+                Some((h, _)) => h.snapshot,
+                None => {
+                    return Err(Error::Unknown(format!(
+                        "workspace {workspace:?} has no snapshots in {} (see `initctl snapshots`)",
+                        self.store.location()
+                    )))
+                }
+            },
+            Some(prefix) => {
+                let p = prefix.to_ascii_lowercase();
+                if p.len() < 4 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(Error::Invalid(format!(
+                        "snapshot {prefix:?}: give at least 4 hex digits of a snapshot id, or \"latest\""
+                    )));
+                }
+                let listed = self.store.list(&snapshot_prefix(Some(workspace))).await?;
+                let matches: Vec<SnapshotId> = listed
+                    .iter()
+                    .filter_map(|o| o.key.rsplit('/').next())
+                    .filter(|name| name.starts_with(&p))
+                    .filter_map(|name| name.parse().ok())
+                    .collect();
+                match matches.as_slice() {
+                    [one] => *one,
+                    [] => {
+                        return Err(Error::Unknown(format!(
+                            "no snapshot {prefix:?} in workspace {workspace:?} (see `initctl snapshots --workspace {workspace}`)"
+                        )))
+                    }
+                    _ => {
+                        return Err(Error::Unknown(format!(
+                            "snapshot prefix {prefix:?} matches {} snapshots; give more digits",
+                            matches.len()
+                        )))
+                    }
+                }
+            }
+        };
+        let m = self.manifest(workspace, &id).await?;
+        Ok((id, m))
+    }
+
+    /// Lists snapshots, of one workspace or all, oldest first.
+    ///
+    /// # Errors
+    /// Store errors; a manifest that fails verification.
+    pub async fn snapshots(&self, workspace: Option<&str>) -> Result<Vec<SnapshotInfo>> {
+        if let Some(w) = workspace {
+            validate_workspace(w).map_err(|e| Error::Invalid(e.to_string()))?;
+        }
+        let listed = self.store.list(&snapshot_prefix(workspace)).await?;
+        let mut wanted = Vec::new();
+        for o in listed {
+            let mut parts = o.key.splitn(3, '/').skip(1);
+            let (Some(ws), Some(id)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(id) = id.parse::<SnapshotId>() else {
+                continue;
+            };
+            wanted.push((ws.to_string(), id));
+        }
+        let mut heads: HashMap<String, SnapshotId> = HashMap::new();
+        let mut out: Vec<SnapshotInfo> = stream::iter(wanted)
+            .map(|(ws, id)| async move { self.manifest(&ws, &id).await.map(|m| (id, m)) })
+            .buffer_unordered(READ_CONCURRENCY)
+            .map_ok(|(id, manifest)| SnapshotInfo {
+                id,
+                manifest,
+                is_head: false,
+            })
+            .try_collect()
+            .await?;
+        for s in &mut out {
+            if !heads.contains_key(&s.manifest.workspace) {
+                if let Some((h, _)) = self.head(&s.manifest.workspace).await? {
+                    heads.insert(s.manifest.workspace.clone(), h.snapshot);
+                }
+            }
+            s.is_head = heads.get(&s.manifest.workspace) == Some(&s.id);
+        }
+        out.sort_by(|a, b| {
+            (a.manifest.time, &a.manifest.workspace).cmp(&(b.manifest.time, &b.manifest.workspace))
+        });
+        Ok(out)
+    }
+
+    /// Reads and verifies an index record.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Corrupt`].
+    pub async fn index_record(&self, id: &IndexId) -> Result<IndexRecord> {
+        let key = index_key(id);
+        let got = self.store.get(&key).await?;
+        if IndexId::of(&got.data) != *id {
+            return Err(Error::Corrupt {
+                object: key,
+                detail: "content does not hash to the index record id".into(),
+            });
+        }
+        IndexRecord::decode(&got.data).map_err(|e| Error::format(key, e))
+    }
+
+    /// Loads the index records a manifest names into one blob-location map.
+    ///
+    /// # Errors
+    /// As [`Repo::index_record`].
+    pub async fn locations(&self, manifest: &Manifest) -> Result<Locations> {
+        let records: Vec<IndexRecord> = stream::iter(manifest.index.iter())
+            .map(|id| self.index_record(id))
+            .buffer_unordered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut map = HashMap::new();
+        let mut pack_sizes = HashMap::new();
+        for r in records {
+            for p in r.packs {
+                pack_sizes.insert(p.pack, p.size);
+                for e in p.blobs {
+                    map.insert(
+                        e.id,
+                        BlobLocation {
+                            pack: p.pack,
+                            kind: p.kind,
+                            entry: e,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(Locations { map, pack_sizes })
+    }
+
+    /// Makes sure the local index knows every record `manifest` names.
+    ///
+    /// # Errors
+    /// As [`Repo::index_record`]; index failures.
+    pub async fn sync_index(&self, index: &LocalIndex, manifest: &Manifest) -> Result<()> {
+        let mut missing = Vec::new();
+        for id in &manifest.index {
+            if !index.has_record(id)? {
+                missing.push(*id);
+            }
+        }
+        let records: Vec<(IndexId, IndexRecord)> = stream::iter(missing)
+            .map(|id| async move { self.index_record(&id).await.map(|r| (id, r)) })
+            .buffer_unordered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        for (id, r) in records {
+            index.add_record(&id, &r)?;
+        }
+        Ok(())
+    }
+}
+
+/// A local index, possibly a private temporary one.
+#[derive(Debug)]
+pub struct IndexHandle {
+    index: LocalIndex,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for IndexHandle {
+    type Target = LocalIndex;
+    fn deref(&self) -> &LocalIndex {
+        &self.index
+    }
+}
+
+/// Blob locations for one snapshot.
+#[derive(Debug, Default)]
+pub struct Locations {
+    map: HashMap<BlobId, BlobLocation>,
+    pack_sizes: HashMap<cairn_formats::PackId, u64>,
+}
+
+impl Locations {
+    /// Where `id` is.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if the snapshot's index records do not locate it.
+    pub fn get(&self, id: &BlobId) -> Result<&BlobLocation> {
+        self.map.get(id).ok_or_else(|| Error::Corrupt {
+            object: format!("blob {id}"),
+            detail: "not listed by any index record of the snapshot".into(),
+        })
+    }
+
+    /// The recorded size of a pack.
+    pub fn pack_size(&self, pack: &cairn_formats::PackId) -> Option<u64> {
+        self.pack_sizes.get(pack).copied()
+    }
+
+    /// Number of blobs located.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no blob is located.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Every located blob.
+    pub fn iter(&self) -> impl Iterator<Item = (&BlobId, &BlobLocation)> {
+        self.map.iter()
+    }
+
+    /// The packs of one kind these locations use.
+    pub fn packs(&self, kind: PackKind) -> Vec<cairn_formats::PackId> {
+        let mut v: Vec<_> = self
+            .map
+            .values()
+            .filter(|l| l.kind == kind)
+            .map(|l| l.pack)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// The cache directory: `$CAIRN_CACHE_DIR`, else `$XDG_CACHE_HOME/cairn`, else `~/.cache/cairn`,
+/// else a `cairn-cache` directory in the system temp dir.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CAIRN_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("cairn");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(h).join(".cache").join("cairn");
+    }
+    std::env::temp_dir().join("cairn-cache")
+}

@@ -1,0 +1,83 @@
+//! `initctl backup`
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use cairn_engine::{backup, BackupOptions, Progress};
+use clap::Args;
+
+use crate::{exit, output, Global};
+
+/// Back up a directory.
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// The workspace the snapshot belongs to.
+    #[arg(long, short, env = "CAIRN_WORKSPACE")]
+    workspace: String,
+    /// Tags to record (repeat, or comma-separated in CAIRN_TAGS).
+    #[arg(long = "tag", env = "CAIRN_TAGS", value_delimiter = ',')]
+    tags: Vec<String>,
+    /// Host name to record (default: this machine's).
+    #[arg(long, env = "CAIRN_HOST")]
+    host: Option<String>,
+    /// The directory to back up.
+    #[arg(env = "CAIRN_SOURCE")]
+    path: PathBuf,
+}
+
+pub async fn run(g: &Global, a: BackupArgs) -> Result<u8> {
+    let repo = super::open(g).await?;
+    let source = std::path::absolute(&a.path).with_context(|| format!("{}", a.path.display()))?;
+    let opts = BackupOptions {
+        workspace: a.workspace.clone(),
+        source,
+        cache_dir: super::cache_dir(g),
+        tags: a.tags,
+        host: a.host,
+    };
+    let progress = Arc::new(Progress::default());
+    let bar = output::Bar::start(g, "backup", progress.clone());
+    let r = backup(&repo, &opts, progress).await;
+    bar.finish();
+    let r = r.with_context(|| format!("backup of {} to workspace {}", a.path.display(), a.workspace))?;
+    let s = &r.stats;
+    let code = if s.skipped > 0 { exit::INCOMPLETE } else { exit::OK };
+    if g.json {
+        output::json(&serde_json::json!({
+            "snapshot": r.snapshot.to_hex(),
+            "parent": r.parent.map(|p| p.to_hex()),
+            "workspace": a.workspace,
+            "files": s.files, "dirs": s.dirs, "others": s.others, "bytes": s.bytes,
+            "files_read": s.files_read, "bytes_read": s.bytes_read,
+            "new_blobs": s.new_blobs, "new_bytes": s.new_bytes, "uploaded_bytes": s.uploaded_bytes,
+            "skipped": s.skipped, "warnings": r.warnings,
+            "seconds": r.elapsed.as_secs_f64(),
+        }));
+    } else {
+        for w in &r.warnings {
+            eprintln!("initctl: warning: {w}");
+        }
+        if !g.quiet {
+            eprintln!(
+                "{} files, {} dirs, {} in {:.2}s; read {} files ({}), added {} ({} uploaded)",
+                s.files,
+                s.dirs,
+                output::bytes(s.bytes),
+                r.elapsed.as_secs_f64(),
+                s.files_read,
+                output::bytes(s.bytes_read),
+                output::bytes(s.new_bytes),
+                output::bytes(s.uploaded_bytes),
+            );
+            if s.skipped > 0 {
+                eprintln!(
+                    "snapshot is incomplete: {} entries left out (see warnings)",
+                    s.skipped
+                );
+            }
+        }
+        println!("{}", r.snapshot);
+    }
+    Ok(code)
+}

@@ -1,0 +1,26 @@
+//! One module per subcommand.
+
+pub mod backup;
+pub mod check;
+pub mod drill;
+pub mod init;
+pub mod restore;
+pub mod snapshots;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use cairn_engine::{default_cache_dir, open_store, Repo};
+
+use crate::Global;
+
+/// Opens the repository named by `--store`.
+pub async fn open(g: &Global) -> Result<Repo> {
+    let store = open_store(&g.store)?;
+    Ok(Repo::open(store).await?)
+}
+
+/// The cache directory: `--cache-dir`, else the default.
+pub fn cache_dir(g: &Global) -> PathBuf {
+    g.cache_dir.clone().unwrap_or_else(default_cache_dir)
+}

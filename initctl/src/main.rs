@@ -1,0 +1,120 @@
+//! `initctl`: the init-container restore and the operator CLI of Cairn.
+//!
+//! Thin by design: parse flags (every one also read from the environment), call the engine, report
+//! for humans or as JSON, and map errors to exit codes.
+
+mod cmd;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit codes, documented in the README.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The command failed.
+    pub const FAILED: u8 = 1;
+    /// Bad usage (from clap).
+    pub const USAGE: u8 = 2;
+    /// A snapshot was sealed, but some entries could not be read and were left out.
+    pub const INCOMPLETE: u8 = 3;
+    /// Verification found damage or a mismatch (check, drill).
+    pub const VERIFY_FAILED: u8 = 4;
+    /// No repository at the given store.
+    pub const NO_REPOSITORY: u8 = 10;
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "initctl",
+    version,
+    about = "Cairn: content-addressed workspace backup and restore"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+/// Flags every command takes.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// The repository: a directory path or file:// URL.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_STORE",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub store: String,
+    /// Where the local index lives (outside the workspace).
+    #[arg(long, global = true, env = "CAIRN_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true, env = "CAIRN_JSON")]
+    pub json: bool,
+    /// No progress bars or summaries, only results and errors.
+    #[arg(long, short, global = true, env = "CAIRN_QUIET")]
+    pub quiet: bool,
+    /// Log format on stderr: text or json.
+    #[arg(long, global = true, env = "CAIRN_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a repository in an empty store.
+    Init(cmd::init::InitArgs),
+    /// Back up a workspace directory as a new snapshot.
+    Backup(cmd::backup::BackupArgs),
+    /// Restore a snapshot into a directory.
+    Restore(cmd::restore::RestoreArgs),
+    /// List snapshots.
+    Snapshots(cmd::snapshots::SnapshotsArgs),
+    /// Restore a snapshot into a scratch directory and verify every byte, with timings.
+    Drill(cmd::drill::DrillArgs),
+    /// Verify the repository's structure (and with --read-data, every byte).
+    Check(cmd::check::CheckArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    output::init_logging(&cli.global);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("initctl: cannot start the runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    let g = cli.global;
+    let result = rt.block_on(async {
+        match cli.cmd {
+            Command::Init(a) => cmd::init::run(&g, a).await,
+            Command::Backup(a) => cmd::backup::run(&g, a).await,
+            Command::Restore(a) => cmd::restore::run(&g, a).await,
+            Command::Snapshots(a) => cmd::snapshots::run(&g, a).await,
+            Command::Drill(a) => cmd::drill::run(&g, a).await,
+            Command::Check(a) => cmd::check::run(&g, a).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = output::exit_code(&e);
+            if g.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": format!("{e:#}"), "exit_code": code })
+                );
+            }
+            eprintln!("initctl: error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The `initctl` binary: commands, environment variables, JSON output and exit codes.
+
+use std::path::Path;
+
+use crate::support::*;
+
+struct Cli {
+    dir: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new() -> Cli {
+        Cli {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn store(&self) -> String {
+        self.dir.path().join("store").display().to_string()
+    }
+
+    fn cache(&self) -> String {
+        self.dir.path().join("cache").display().to_string()
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs with CAIRN_STORE and CAIRN_CACHE_DIR set, as a pod spec would.
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let (store, cache) = (self.store(), self.cache());
+        initctl(args, &[("CAIRN_STORE", &store), ("CAIRN_CACHE_DIR", &cache)])
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "initctl {args:?} failed: {}", stderr(&o));
+        stdout(&o)
+    }
+}
+
+fn code(o: &std::process::Output) -> i32 {
+    o.status.code().expect("exited")
+}
+
+#[test]
+fn init_backup_restore_snapshots_drill_check() {
+    let c = Cli::new();
+    c.ok(&["init"]);
+    let src = c.path("src");
+    build_everything_tree(&src, 5);
+    let src_s = src.display().to_string();
+    let id = c.ok(&["backup", "--workspace", "w1", &src_s]).trim().to_string();
+    assert_eq!(id.len(), 64, "backup prints the snapshot id: {id:?}");
+
+    let list: serde_json::Value = serde_json::from_str(&c.ok(&["snapshots", "--json"])).expect("json");
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["head"], true);
+    let human = c.ok(&["snapshots", "--workspace", "w1"]);
+    assert!(human.contains(&id[..8]) && human.contains("(latest)"), "{human}");
+
+    let out = c.path("out");
+    c.ok(&["restore", "--workspace", "w1", &out.display().to_string()]);
+    assert_same_tree(&src, &out);
+
+    let drill: serde_json::Value =
+        serde_json::from_str(&c.ok(&["drill", "--workspace", "w1", "--json"])).expect("json");
+    assert_eq!(drill["ok"], true, "{drill}");
+    assert!(drill["restore_seconds"].as_f64().expect("timing") > 0.0);
+    assert!(drill["bytes_verified"].as_u64().expect("bytes") > 0);
+
+    let check: serde_json::Value =
+        serde_json::from_str(&c.ok(&["check", "--read-data", "--json"])).expect("json");
+    assert_eq!(check["ok"], true, "{check}");
+    assert!(check["bytes_read"].as_u64().expect("bytes") > 0);
+    make_writable(&src);
+    make_writable(&out);
+}
+
+#[test]
+fn workspace_and_snapshot_come_from_the_environment() {
+    let c = Cli::new();
+    c.ok(&["init"]);
+    let src = c.path("src");
+    write(&src.join("f"), b"env");
+    let (store, cache, src_s) = (c.store(), c.cache(), src.display().to_string());
+    let env = [
+        ("CAIRN_STORE", store.as_str()),
+        ("CAIRN_CACHE_DIR", cache.as_str()),
+        ("CAIRN_WORKSPACE", "from-env"),
+        ("CAIRN_SOURCE", src_s.as_str()),
+    ];
+    let o = initctl(&["backup"], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    let out = c.path("out").display().to_string();
+    let o = initctl(
+        &["restore"],
+        &[
+            ("CAIRN_STORE", &store),
+            ("CAIRN_CACHE_DIR", &cache),
+            ("CAIRN_WORKSPACE", "from-env"),
+            ("CAIRN_SNAPSHOT", &id[..10]),
+            ("CAIRN_TARGET", &out),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(c.path("out/f")).expect("read"), b"env");
+}
+
+#[test]
+fn exit_codes_for_bad_input() {
+    let c = Cli::new();
+    // No repository: 10, and the message says what to do.
+    let o = c.run(&["snapshots"]);
+    assert_eq!(code(&o), 10, "{}", stderr(&o));
+    assert!(stderr(&o).contains("initctl init"), "{}", stderr(&o));
+    // No store at all: 1 with a hint.
+    let o = initctl(&["snapshots"], &[]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("CAIRN_STORE"), "{}", stderr(&o));
+    // Usage errors: 2.
+    let o = c.run(&["restore"]);
+    assert_eq!(code(&o), 2);
+    c.ok(&["init"]);
+    // Second init: 1, repository untouched.
+    let o = c.run(&["init"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("already exists"));
+    // Unknown workspace: 1, named.
+    let o = c.run(&[
+        "restore",
+        "--workspace",
+        "ghost",
+        &c.path("x").display().to_string(),
+    ]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("ghost"), "{}", stderr(&o));
+    // JSON errors are JSON.
+    let o = c.run(&["restore", "--json", "--workspace", "ghost", "/tmp/x"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json error");
+    assert!(v["error"].as_str().expect("message").contains("ghost"));
+    assert_eq!(v["exit_code"], 1);
+}
+
+#[test]
+fn check_and_drill_exit_4_on_damage() {
+    let c = Cli::new();
+    c.ok(&["init"]);
+    let src = c.path("src");
+    write(&src.join("f"), &random_bytes(1, 100_000));
+    c.ok(&["backup", "-w", "w", &src.display().to_string()]);
+    // Damage every data pack.
+    for p in walk_files(&c.path("store/packs/data")) {
+        let mut b = std::fs::read(&p).expect("read");
+        b[100] ^= 1;
+        std::fs::write(&p, b).expect("write");
+    }
+    let o = c.run(&["check", "--read-data"]);
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    assert!(stderr(&o).contains("packs/data/"), "{}", stderr(&o));
+    let o = c.run(&["drill", "-w", "w"]);
+    assert_ne!(code(&o), 0, "a drill over corrupt data must fail");
+    assert!(stderr(&o).contains("corrupt"), "{}", stderr(&o));
+}
+
+#[test]
+fn unreadable_source_file_exits_3_and_names_it() {
+    let c = Cli::new();
+    c.ok(&["init"]);
+    let src = c.path("src");
+    write(&src.join("ok"), b"fine");
+    write(&src.join("locked"), b"secret");
+    std::fs::set_permissions(
+        src.join("locked"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o000),
+    )
+    .expect("chmod");
+    let src_s = src.display().to_string();
+    let o = if is_root() {
+        // Root reads everything: run the backup as an unprivileged user, as a pod would.
+        for p in [c.dir.path().to_path_buf(), src.clone()] {
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod");
+        }
+        std::fs::set_permissions(
+            src.join("ok"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .expect("chmod");
+        let st = std::process::Command::new("chmod")
+            .args(["-R", "a+rwX"])
+            .arg(c.path("store"))
+            .status()
+            .expect("chmod");
+        assert!(st.success());
+        let o = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(initctl_path())
+            .args(["backup", "--workspace", "w", &src_s])
+            .env("CAIRN_STORE", c.store())
+            .env("CAIRN_CACHE_DIR", c.path("nobody-cache"))
+            .env("HOME", c.dir.path())
+            .output()
+            .expect("setpriv");
+        o
+    } else {
+        c.run(&["backup", "--workspace", "w", &src_s])
+    };
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("locked"), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).trim().len(),
+        64,
+        "the snapshot is still sealed and printed"
+    );
+    // The readable file is in it.
+    let out = c.path("out");
+    c.ok(&["restore", "-w", "w", &out.display().to_string()]);
+    assert_eq!(std::fs::read(out.join("ok")).expect("read"), b"fine");
+    assert!(!out.join("locked").exists());
+}
+
+#[test]
+fn full_disk_at_the_target_fails_without_a_marker() {
+    let c = Cli::new();
+    c.ok(&["init"]);
+    let src = c.path("src");
+    write(&src.join("big.bin"), &random_bytes(3, 6 << 20));
+    c.ok(&["backup", "-w", "w", &src.display().to_string()]);
+    let target = c.path("small-disk");
+    std::fs::create_dir_all(&target).expect("mkdir");
+    // A 2 MiB tmpfs in a private mount namespace: a real ENOSPC from a real file system.
+    let unshare_flags = if is_root() { "-m" } else { "-rm" };
+    let script = format!(
+        "mount -t tmpfs -o size=2m tmpfs '{t}' || exit 99; '{bin}' restore -w w '{t}'; rc=$?; \
+         if [ -e '{t}/.cairn-snapshot' ]; then echo MARKER; fi; exit $rc",
+        t = target.display(),
+        bin = initctl_path().display()
+    );
+    let o = std::process::Command::new("unshare")
+        .args([unshare_flags, "sh", "-c", &script])
+        .env("CAIRN_STORE", c.store())
+        .env("CAIRN_CACHE_DIR", c.cache())
+        .output()
+        .expect("unshare");
+    assert_ne!(code(&o), 99, "could not mount a tmpfs: {}", stderr(&o));
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("No space left on device"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("big.bin"),
+        "the error names the file: {}",
+        stderr(&o)
+    );
+    assert!(
+        !stdout(&o).contains("MARKER"),
+        "no completion marker on a failed restore"
+    );
+    // The repository is intact: a drill elsewhere passes.
+    c.ok(&["drill", "-w", "w"]);
+}
+
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("ls").flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,324 @@
+//! Invariant 8: no entry of a snapshot, however crafted, writes outside the restore target.
+
+use cairn_engine::formats::{BlobId, Entry, Extent, Meta, Node, Tree};
+use cairn_engine::Error;
+use craft::put_snapshot;
+
+use crate::support::*;
+
+/// Writes hand-made trees into a repository, bypassing the backup code (as an attacker with
+/// write access to the bucket could).
+mod craft {
+    use cairn_engine::formats::{
+        head_key, index_key, pack_key, snapshot_key, BlobId, Head, IndexId, IndexPack, IndexRecord, Manifest,
+        Meta, PackKind, SnapshotId, SnapshotStats, Timestamp,
+    };
+    use cairn_engine::{encode_blob, PackBuilder, PutMode, Repo, StoreExt};
+
+    /// Stores `blobs` (id, raw bytes) as one pack of `kind` plus a record, and a snapshot whose
+    /// root is `root`; moves the head of `ws` to it.
+    pub async fn put_snapshot(repo: &Repo, ws: &str, root: BlobId, blobs: Vec<(PackKind, Vec<u8>)>) {
+        let mut packs = Vec::new();
+        for kind in [PackKind::Data, PackKind::Meta] {
+            let mut b = PackBuilder::new(kind, 1 << 20);
+            for (k, raw) in &blobs {
+                if *k == kind {
+                    b.add(&encode_blob(BlobId::of(raw), raw, 0));
+                }
+            }
+            if b.is_empty() {
+                continue;
+            }
+            let p = b.finish();
+            repo.store()
+                .put_immutable(&pack_key(kind, &p.id), p.bytes.clone())
+                .await
+                .expect("put pack");
+            packs.push(IndexPack {
+                pack: p.id,
+                kind,
+                size: p.bytes.len() as u64,
+                blobs: p.entries,
+            });
+        }
+        let rec = IndexRecord { packs }.encode();
+        let rec_id = IndexId::of(&rec);
+        repo.store()
+            .put(&index_key(&rec_id), rec.into(), PutMode::Create)
+            .await
+            .expect("put record");
+        let m = Manifest {
+            workspace: ws.into(),
+            time: Timestamp::now(),
+            host: "attacker".into(),
+            source: b"/".to_vec(),
+            root,
+            root_meta: Meta {
+                mode: 0o755,
+                ..Meta::default()
+            },
+            parent: None,
+            base: None,
+            index: vec![rec_id],
+            stats: SnapshotStats::default(),
+            tags: vec![],
+        }
+        .encode();
+        let id = SnapshotId::of(&m);
+        repo.store()
+            .put(&snapshot_key(ws, &id), m.into(), PutMode::Create)
+            .await
+            .expect("put manifest");
+        let head = Head {
+            snapshot: id,
+            time: Timestamp::now(),
+        }
+        .encode();
+        repo.store()
+            .put(&head_key(ws), head.into(), PutMode::Create)
+            .await
+            .expect("put head");
+    }
+}
+
+fn file_entry(name: &[u8], content: &[u8]) -> Entry {
+    Entry {
+        name: name.to_vec(),
+        node: Node::File {
+            size: content.len() as u64,
+            extents: vec![Extent::Chunk {
+                id: BlobId::of(content),
+                len: content.len() as u32,
+            }],
+            link_group: None,
+        },
+        meta: Meta {
+            mode: 0o644,
+            ..Meta::default()
+        },
+    }
+}
+
+/// A raw encoded tree, without the sorting or validation the backup does.
+fn raw_tree(entries: Vec<Entry>) -> Vec<u8> {
+    Tree { entries }.encode()
+}
+
+use cairn_engine::formats::PackKind::{Data, Meta as MetaPack};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_dot_and_absolute_names_are_refused() {
+    let t = TestRepo::new().await;
+    let outside = t.scratch("outside");
+    std::fs::create_dir_all(&outside).expect("mkdir");
+    for (i, name) in [
+        &b".."[..],
+        b"../outside/pwned",
+        b"/tmp/pwned",
+        b"a/../../pwned",
+        b".",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let content = b"pwned".to_vec();
+        let tree = raw_tree(vec![file_entry(name, &content)]);
+        let ws = format!("evil{i}");
+        put_snapshot(
+            &t.repo,
+            &ws,
+            BlobId::of(&tree),
+            vec![(Data, content), (MetaPack, tree)],
+        )
+        .await;
+        let target = t.scratch(&format!("target{i}"));
+        let err = t
+            .try_restore(&ws, None, &target)
+            .await
+            .expect_err("crafted name must be refused");
+        assert!(matches!(err, Error::Corrupt { .. }), "{name:?}: {err}");
+        assert!(err.to_string().contains("entry name"), "{err}");
+        assert!(cairn_engine::read_marker(&target).is_none());
+    }
+    assert_eq!(
+        std::fs::read_dir(&outside).expect("ls").count(),
+        0,
+        "nothing written outside"
+    );
+    assert!(!std::path::Path::new("/tmp/pwned").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_names_cannot_smuggle_a_symlink_before_a_directory() {
+    let t = TestRepo::new().await;
+    let outside = t.scratch("outside");
+    std::fs::create_dir_all(&outside).expect("mkdir");
+    let content = b"through the link".to_vec();
+    let sub = raw_tree(vec![file_entry(b"x", &content)]);
+    let root = raw_tree(vec![
+        Entry {
+            name: b"s".to_vec(),
+            node: Node::Symlink {
+                target: outside.as_os_str().as_encoded_bytes().to_vec(),
+            },
+            meta: Meta::default(),
+        },
+        Entry {
+            name: b"s".to_vec(),
+            node: Node::Dir {
+                tree: BlobId::of(&sub),
+            },
+            meta: Meta::default(),
+        },
+    ]);
+    put_snapshot(
+        &t.repo,
+        "evil",
+        BlobId::of(&root),
+        vec![(Data, content), (MetaPack, sub), (MetaPack, root)],
+    )
+    .await;
+    let err = t
+        .try_restore("evil", None, &t.scratch("target"))
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert_eq!(std::fs::read_dir(&outside).expect("ls").count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlink_planted_in_the_target_is_not_followed() {
+    let t = TestRepo::new().await;
+    let src = t.scratch("src");
+    write(&src.join("sub/x"), b"inside");
+    t.backup("ws", &src).await;
+    let outside = t.scratch("outside");
+    std::fs::create_dir_all(&outside).expect("mkdir");
+    let target = t.scratch("target");
+    std::fs::create_dir_all(&target).expect("mkdir");
+    std::os::unix::fs::symlink(&outside, target.join("sub")).expect("plant symlink");
+    t.restore("ws", None, &target).await;
+    assert_eq!(
+        std::fs::read_dir(&outside).expect("ls").count(),
+        0,
+        "wrote through a planted symlink"
+    );
+    assert!(std::fs::symlink_metadata(target.join("sub"))
+        .expect("lstat")
+        .is_dir());
+    assert_eq!(std::fs::read(target.join("sub/x")).expect("read"), b"inside");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_file_symlink_and_hardlink_to_outside_are_replaced_not_written_through() {
+    let t = TestRepo::new().await;
+    let src = t.scratch("src");
+    write(&src.join("a"), b"snapshot content a");
+    write(&src.join("b"), b"snapshot content b");
+    t.backup("ws", &src).await;
+    let victim_sym = t.scratch("victim-sym");
+    let victim_hard = t.scratch("victim-hard");
+    write(&victim_sym, b"precious 1");
+    write(&victim_hard, b"precious 2");
+    let target = t.scratch("target");
+    std::fs::create_dir_all(&target).expect("mkdir");
+    std::os::unix::fs::symlink(&victim_sym, target.join("a")).expect("symlink");
+    std::fs::hard_link(&victim_hard, target.join("b")).expect("hardlink");
+    t.restore("ws", None, &target).await;
+    assert_eq!(std::fs::read(&victim_sym).expect("read"), b"precious 1");
+    assert_eq!(std::fs::read(&victim_hard).expect("read"), b"precious 2");
+    assert_eq!(
+        std::fs::read(target.join("a")).expect("read"),
+        b"snapshot content a"
+    );
+    assert_eq!(
+        std::fs::read(target.join("b")).expect("read"),
+        b"snapshot content b"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_that_does_not_match_its_id_is_never_written() {
+    // A tree claims content X for a file, but the blob stored under X's id holds other bytes.
+    let t = TestRepo::new().await;
+    let claimed = b"what the tree promises".to_vec();
+    let entry = file_entry(b"f", &claimed);
+    let tree = raw_tree(vec![entry]);
+    // Build a pack whose entry id is the claimed id but whose bytes differ.
+    use cairn_engine::formats::{
+        head_key, index_key, pack_key, snapshot_key, Head, IndexId, IndexPack, IndexRecord, Manifest,
+        PackKind, SnapshotId, Timestamp,
+    };
+    use cairn_engine::{encode_blob, PackBuilder, PutMode};
+    let mut data = PackBuilder::new(PackKind::Data, 1 << 16);
+    let mut lie = encode_blob(BlobId::of(&claimed), b"something else entirely", 0);
+    lie.raw_len = claimed.len() as u32;
+    lie.data.resize(claimed.len(), b'!');
+    data.add(&lie);
+    let data = data.finish();
+    let mut meta = PackBuilder::new(PackKind::Meta, 1 << 16);
+    meta.add(&encode_blob(BlobId::of(&tree), &tree, 0));
+    let meta = meta.finish();
+    let store = t.repo.store();
+    let mut packs = Vec::new();
+    for p in [&data, &meta] {
+        store
+            .put(&pack_key(p.kind, &p.id), p.bytes.clone(), PutMode::Create)
+            .await
+            .expect("pack");
+        packs.push(IndexPack {
+            pack: p.id,
+            kind: p.kind,
+            size: p.bytes.len() as u64,
+            blobs: p.entries.clone(),
+        });
+    }
+    let rec = IndexRecord { packs }.encode();
+    let rec_id = IndexId::of(&rec);
+    store
+        .put(&index_key(&rec_id), rec.into(), PutMode::Create)
+        .await
+        .expect("rec");
+    let m = Manifest {
+        workspace: "lie".into(),
+        time: Timestamp::now(),
+        host: "x".into(),
+        source: vec![],
+        root: BlobId::of(&tree),
+        root_meta: Meta::default(),
+        parent: None,
+        base: None,
+        index: vec![rec_id],
+        stats: Default::default(),
+        tags: vec![],
+    }
+    .encode();
+    let id = SnapshotId::of(&m);
+    store
+        .put(&snapshot_key("lie", &id), m.into(), PutMode::Create)
+        .await
+        .expect("manifest");
+    store
+        .put(
+            &head_key("lie"),
+            Head {
+                snapshot: id,
+                time: Timestamp::now(),
+            }
+            .encode()
+            .into(),
+            PutMode::Create,
+        )
+        .await
+        .expect("head");
+
+    let target = t.scratch("target");
+    let err = t.try_restore("lie", None, &target).await.expect_err("must fail");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    let f = std::fs::read(target.join("f")).unwrap_or_default();
+    assert!(
+        !f.windows(4).any(|w| w == b"some"),
+        "unverified bytes reached the file"
+    );
+    assert!(cairn_engine::read_marker(&target).is_none());
+}

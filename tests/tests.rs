@@ -1,0 +1,18 @@
+//! Cairn's scenario suite: one test binary, one module per area.
+//!
+//! - `support`   temp repositories, tree builders, an independent tree comparer, the CLI runner
+//! - `roundtrip` backup then restore over generated trees covering every metadata case
+//! - `incremental` stat cache, subtree reuse, changed files, files torn while read
+//! - `bad_input` corrupt, missing and truncated objects; unknown names; unreadable sources; full disk
+//! - `restore_safety` crafted snapshots and planted links never write outside the target
+//! - `cli`       the `initctl` binary: commands, env vars, JSON, exit codes
+//! - `corpus`    the realistic agent workspace from `shared/corpus/make-workspace.sh`, end to end
+
+mod support;
+
+mod bad_input;
+mod cli;
+mod corpus;
+mod incremental;
+mod restore_safety;
+mod roundtrip;
