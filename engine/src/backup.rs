@@ -172,7 +172,7 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
     for pack in orphans {
         packs.push(adopt_pack(repo, &index, pack).await?);
     }
-    packs.sort_by(|a, b| a.pack.cmp(&b.pack));
+    packs.sort_by_key(|p| p.pack);
     let mut records: Vec<IndexId> = session
         .records
         .lock()

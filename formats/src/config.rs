@@ -49,7 +49,7 @@ impl ChunkerParams {
         if !(self.min <= self.avg && self.avg <= self.max) {
             return Err(bad("need min <= avg <= max"));
         }
-        if self.min % 2 != 0 || self.avg % 2 != 0 || self.max % 2 != 0 {
+        if !(self.min.is_multiple_of(2) && self.avg.is_multiple_of(2) && self.max.is_multiple_of(2)) {
             return Err(bad("sizes must be even"));
         }
         Ok(())

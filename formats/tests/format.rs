@@ -148,7 +148,11 @@ fn sample_entry(seed: u8, offset: u64) -> PackEntry {
         offset,
         stored_len: 100,
         raw_len: 200,
-        codec: if seed % 2 == 0 { Codec::Zstd } else { Codec::Raw },
+        codec: if seed.is_multiple_of(2) {
+            Codec::Zstd
+        } else {
+            Codec::Raw
+        },
     }
 }
 

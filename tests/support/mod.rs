@@ -219,7 +219,7 @@ pub fn build_everything_tree(root: &Path, seed: u64) {
     // A FIFO.
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &root.join("pipe"),
+        root.join("pipe"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o640),
         0,
