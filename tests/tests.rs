@@ -5,6 +5,7 @@
 //! - `incremental` stat cache, subtree reuse, changed files, files torn while read
 //! - `bad_input` corrupt, missing and truncated objects; unknown names; unreadable sources; full disk
 //! - `restore_safety` crafted snapshots and planted links never write outside the target
+//! - `store`     the store contract (conformance suite) and URL parsing
 //! - `cli`       the `initctl` binary: commands, env vars, JSON, exit codes
 //! - `corpus`    the realistic agent workspace from `shared/corpus/make-workspace.sh`, end to end
 
@@ -16,3 +17,4 @@ mod corpus;
 mod incremental;
 mod restore_safety;
 mod roundtrip;
+mod store;

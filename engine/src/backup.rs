@@ -9,7 +9,7 @@
 //! Write order (invariant 3): packs, then the index record, then the manifest (create-only), then
 //! the head (compare-and-swap). A backup killed at any point leaves the previous head in place.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, Metadata};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
@@ -130,6 +130,7 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         pending: Mutex::new(HashSet::new()),
         records: Mutex::new(HashSet::new()),
         unrecorded: Mutex::new(HashSet::new()),
+        pack_records: Mutex::new(HashMap::new()),
         tx: Mutex::new(Some(tx)),
         warnings: Mutex::new(Vec::new()),
         counters: Counters::default(),
@@ -384,6 +385,8 @@ struct Session {
     records: Mutex<HashSet<IndexId>>,
     /// Packs holding reused blobs that no stored record lists yet.
     unrecorded: Mutex<HashSet<PackId>>,
+    /// The covering record of each pack looked up so far (packs are few, blobs many).
+    pack_records: Mutex<HashMap<PackId, Option<IndexId>>>,
     tx: Mutex<Option<mpsc::Sender<FinishedPack>>>,
     warnings: Mutex<Vec<String>>,
     counters: Counters,
@@ -414,7 +417,24 @@ impl Session {
     /// Whether the repository already has `id` (recording which record covers it).
     fn known(&self, id: &BlobId) -> Result<bool> {
         if let Some(loc) = self.index.blob(id)? {
-            match self.index.pack(&loc.pack)?.and_then(|p| p.record) {
+            let cached = self
+                .pack_records
+                .lock()
+                .expect("invariant: lock not poisoned")
+                .get(&loc.pack)
+                .copied();
+            let record = match cached {
+                Some(r) => r,
+                None => {
+                    let r = self.index.pack(&loc.pack)?.and_then(|p| p.record);
+                    self.pack_records
+                        .lock()
+                        .expect("invariant: lock not poisoned")
+                        .insert(loc.pack, r);
+                    r
+                }
+            };
+            match record {
                 Some(r) => {
                     self.records
                         .lock()

@@ -27,6 +27,9 @@ pub enum PutMode {
     /// Write only if nothing is at the key; otherwise [`Error::AlreadyExists`].
     Create,
     /// Replace only if the current version is this one; otherwise [`Error::Conflict`].
+    /// Versions may be derived from content (S3 ETags, the local store's digest), so rewriting
+    /// identical bytes is indistinguishable from no write; heads carry a snapshot id and a time,
+    /// so that never matters for them.
     Update(Version),
 }
 
