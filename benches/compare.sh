@@ -29,7 +29,7 @@ if [ ! -f "$corpus.complete" ]; then
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/cairn-compare.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+[ -n "${KEEP:-}" ] || trap 'rm -rf "$work"' EXIT
 cp -a "$corpus" "$work/ws"
 ws=$work/ws
 export CAIRN_STORE=$work/cairn-repo CAIRN_CACHE_DIR=$work/cairn-cache CAIRN_WORKSPACE=bench CAIRN_QUIET=1
@@ -70,8 +70,8 @@ SEED=1 bash ../shared/corpus/make-workspace.sh --session "$ws" >/dev/null 2>&1
 both backup "backup after session"
 both restore "full restore"
 
-diff -r --no-dereference "$ws" "$work/r-cairn" >/dev/null || { echo "cairn restore differs from the workspace" >&2; exit 1; }
-diff -r --no-dereference "$ws" "$work/r-restic${ws}" >/dev/null || echo "note: restic restore differs from the workspace" >&2
+diff -r --no-dereference -x .cairn-snapshot "$ws" "$work/r-cairn" >&2 || { echo "cairn restore differs from the workspace" >&2; exit 1; }
+diff -r --no-dereference "$ws" "$work/r-restic${ws}" >&2 || echo "note: restic restore differs from the workspace" >&2
 
 files=$(find "$ws" | wc -l)
 bytes=$(du -sb "$ws" | cut -f1)

@@ -274,3 +274,24 @@ fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn boolean_variables_accept_1_and_true() {
+    let c = Cli::new();
+    c.ok(&["init"]);
+    let (store, cache) = (c.store(), c.cache());
+    for v in ["1", "true", "yes"] {
+        let o = initctl(
+            &["snapshots"],
+            &[
+                ("CAIRN_STORE", &store),
+                ("CAIRN_CACHE_DIR", &cache),
+                ("CAIRN_JSON", v),
+                ("CAIRN_QUIET", v),
+            ],
+        );
+        assert!(o.status.success(), "CAIRN_JSON={v}: {}", stderr(&o));
+        let list: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json");
+        assert_eq!(list, serde_json::json!([]));
+    }
+}

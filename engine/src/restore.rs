@@ -41,7 +41,7 @@ const FETCH_CONCURRENCY: usize = 8;
 /// Blobs closer than this in a pack are fetched in one read (the gap is read and discarded).
 const COALESCE_GAP: u64 = 256 << 10;
 /// Largest single read; larger runs are split so that work spreads across threads.
-const MAX_READ: u64 = 8 << 20;
+const MAX_READ: u64 = 1 << 20;
 
 /// Where and how to restore.
 #[derive(Clone, Debug)]
@@ -183,10 +183,15 @@ pub async fn restore(
                 let data = repo.store().get_range(&key, run.range.clone()).await?;
                 Progress::add(&progress.transferred, data.len() as u64);
                 let fetched = data.len() as u64;
-                let written =
-                    tokio::task::spawn_blocking(move || write_run(&plan, &key, &run, &data, &progress))
-                        .await
-                        .map_err(|e| Error::Invalid(format!("restore worker panicked: {e}")))??;
+                // Decode and write on the rayon pool: as many threads as cores, so buffers are
+                // reused by few allocator arenas while many reads stay in flight.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                rayon::spawn(move || {
+                    let _ = tx.send(write_run(&plan, &key, &run, &data, &progress));
+                });
+                let written = rx
+                    .await
+                    .map_err(|_| Error::Invalid("restore worker panicked".into()))??;
                 Ok::<_, Error>((fetched, written))
             }
         })

@@ -9,7 +9,8 @@ mod output;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 /// Exit codes, documented in the README.
 pub mod exit {
@@ -56,10 +57,10 @@ pub struct Global {
     #[arg(long, global = true, env = "CAIRN_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Print machine-readable JSON on stdout.
-    #[arg(long, global = true, env = "CAIRN_JSON")]
+    #[arg(long, global = true, env = "CAIRN_JSON", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub json: bool,
     /// No progress bars or summaries, only results and errors.
-    #[arg(long, short, global = true, env = "CAIRN_QUIET")]
+    #[arg(long, short, global = true, env = "CAIRN_QUIET", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub quiet: bool,
     /// Log format on stderr: text or json.
     #[arg(long, global = true, env = "CAIRN_LOG_FORMAT", default_value = "text")]

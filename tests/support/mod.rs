@@ -415,21 +415,18 @@ pub fn make_writable(root: &Path) {
     let _ = Command::new("chmod").arg("-R").arg("u+rwX").arg(root).status();
 }
 
-/// The `initctl` binary built for this test run.
+/// The `initctl` binary of this build. `cargo test --workspace` builds it (the `initctl` package
+/// has an integration test), with the same features as everything else, so it is never stale.
 pub fn initctl_path() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("initctl");
-    if !bin.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "initctl"])
-            .status()
-            .expect("cargo build -p initctl");
-        assert!(st.success(), "building initctl failed");
-    }
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("initctl");
     assert!(
         bin.exists(),
-        "{} missing; run the suite with `cargo test --workspace`",
+        "{} is missing: run the suite with `cargo test --workspace` (it builds the binary)",
         bin.display()
     );
     bin

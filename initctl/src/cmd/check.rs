@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use cairn_engine::{check, Progress};
-use clap::Args;
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args};
 
 use crate::{exit, output, Global};
 
@@ -12,7 +13,7 @@ use crate::{exit, output, Global};
 #[derive(Args, Debug)]
 pub struct CheckArgs {
     /// Also download every referenced pack and verify every blob's hash.
-    #[arg(long, env = "CAIRN_READ_DATA")]
+    #[arg(long, env = "CAIRN_READ_DATA", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     read_data: bool,
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use cairn_engine::{restore, Progress, RestoreOptions};
+use clap::builder::BoolishValueParser;
 use clap::Args;
 
 use crate::{exit, output, Global};
@@ -19,7 +20,7 @@ pub struct RestoreArgs {
     #[arg(long, env = "CAIRN_SNAPSHOT", default_value = "latest")]
     snapshot: String,
     /// Restore owners and groups (default: when running as root).
-    #[arg(long, env = "CAIRN_OWNERS")]
+    #[arg(long, env = "CAIRN_OWNERS", value_parser = BoolishValueParser::new())]
     owners: Option<bool>,
     /// The directory to restore into (created if missing).
     #[arg(env = "CAIRN_TARGET")]
