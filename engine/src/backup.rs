@@ -41,9 +41,9 @@ use crate::store::{PutMode, StoreExt};
 use crate::{Error, Result, RESTORE_MARKER};
 
 /// Sealed packs waiting for an upload slot.
-const UPLOAD_QUEUE: usize = 2;
+const UPLOAD_QUEUE: usize = 1;
 /// Uploads in flight at once.
-const UPLOAD_CONCURRENCY: usize = 4;
+const UPLOAD_CONCURRENCY: usize = 3;
 /// Times a file that changes while it is read is read again before it is left out.
 const READ_ATTEMPTS: usize = 3;
 /// Files modified this close to the start of a backup (or after it) are not trusted to the stat
@@ -477,10 +477,14 @@ impl Session {
             PackKind::Data => (&self.data, self.data_target),
             PackKind::Meta => (&self.meta, self.meta_target),
         };
+        // Seal the open pack before a blob would take it past its target, so packs never
+        // outgrow the buffer they were allocated with.
         let full = {
             let mut b = lock.lock().expect("invariant: lock not poisoned");
+            let sealed = (!b.is_empty() && b.len() + blob.data.len() > target)
+                .then(|| std::mem::replace(&mut *b, PackBuilder::new(kind, target)));
             b.add(&blob);
-            (b.len() >= target).then(|| std::mem::replace(&mut *b, PackBuilder::new(kind, target)))
+            sealed
         };
         match full {
             Some(b) => self.send(b.finish()),

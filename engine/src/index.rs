@@ -84,7 +84,9 @@ impl LocalIndex {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_open_files(256);
-        opts.set_write_buffer_size(16 << 20);
+        // Small memtables: the index is a cache, and a backup must stay within a small memory budget.
+        opts.set_write_buffer_size(4 << 20);
+        opts.set_db_write_buffer_size(8 << 20);
         opts.set_keep_log_file_num(2);
         opts.increase_parallelism(2);
         let db = DB::open_cf(&opts, path, [CF_BLOBS, CF_PACKS, CF_RECORDS, CF_STAT]).map_err(|e| {

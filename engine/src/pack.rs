@@ -27,9 +27,10 @@ pub struct FinishedPack {
 }
 
 impl PackBuilder {
-    /// An empty pack expected to grow to about `target` bytes.
+    /// An empty pack expected to grow to at most `target` bytes of blobs; the capacity leaves
+    /// room for the trailer (about 60 bytes a blob) so sealing does not reallocate.
     pub fn new(kind: PackKind, target: usize) -> Self {
-        let mut buf = Vec::with_capacity(target + (target >> 3));
+        let mut buf = Vec::with_capacity(target + (target >> 4) + 64);
         buf.extend_from_slice(PACK_MAGIC);
         PackBuilder {
             kind,

@@ -26,7 +26,7 @@ pub struct InitOptions {
     pub chunker: Option<ChunkerParams>,
     /// zstd level (default 3).
     pub zstd_level: Option<i32>,
-    /// Pack targets (default 16 MiB data, 4 MiB meta).
+    /// Pack targets (default 8 MiB data, 4 MiB meta).
     pub packs: Option<PackTargets>,
 }
 

@@ -80,8 +80,10 @@ pub struct PackTargets {
 
 impl Default for PackTargets {
     fn default() -> Self {
+        // 8 MiB data packs: few enough objects (128 per GiB) for cheap listing and requests,
+        // small enough that a backup's packs in flight stay well under restic's memory.
         PackTargets {
-            data: 16 << 20,
+            data: 8 << 20,
             meta: 4 << 20,
         }
     }

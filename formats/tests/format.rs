@@ -105,9 +105,16 @@ fn sample_config() -> RepoConfig {
             secs: 1_795_350_718,
             nanos: 0,
         },
-        chunker: ChunkerParams::default(),
-        compression: Compression::default(),
-        packs: PackTargets::default(),
+        chunker: ChunkerParams {
+            min: 256 << 10,
+            avg: 1 << 20,
+            max: 4 << 20,
+        },
+        compression: Compression { zstd_level: 3 },
+        packs: PackTargets {
+            data: 16 << 20,
+            meta: 4 << 20,
+        },
         encryption: Encryption::None,
     }
 }
