@@ -2,7 +2,7 @@
 
 use cairn_engine::formats::{BlobId, Entry, Extent, Meta, Node, Tree};
 use cairn_engine::Error;
-use craft::put_snapshot;
+use craft::{put_packs, put_snapshot};
 
 use crate::support::*;
 
@@ -13,10 +13,9 @@ mod craft {
         head_key, index_key, pack_key, snapshot_key, BlobId, Head, IndexId, IndexPack, IndexRecord, Manifest,
         Meta, PackKind, SnapshotId, SnapshotStats, Timestamp,
     };
-    use cairn_engine::{encode_blob, PackBuilder, PutMode, Repo, StoreExt};
+    use cairn_engine::{encode_blob, FinishedPack, PackBuilder, PutMode, Repo, StoreExt};
 
-    /// Stores `blobs` (id, raw bytes) as one pack of `kind` plus a record, and a snapshot whose
-    /// root is `root`; moves the head of `ws` to it.
+    /// Stores `blobs` (kind, raw bytes) in one pack per kind, then as [`put_packs`].
     pub async fn put_snapshot(repo: &Repo, ws: &str, root: BlobId, blobs: Vec<(PackKind, Vec<u8>)>) {
         let mut packs = Vec::new();
         for kind in [PackKind::Data, PackKind::Meta] {
@@ -26,22 +25,30 @@ mod craft {
                     b.add(&encode_blob(BlobId::of(raw), raw, 0));
                 }
             }
-            if b.is_empty() {
-                continue;
+            if !b.is_empty() {
+                packs.push(b.finish());
             }
-            let p = b.finish();
+        }
+        put_packs(repo, ws, root, packs).await;
+    }
+
+    /// Stores `packs`, one index record listing them, a snapshot whose root is `root`, and moves
+    /// the head of `ws` to it.
+    pub async fn put_packs(repo: &Repo, ws: &str, root: BlobId, packs: Vec<FinishedPack>) {
+        let mut listed = Vec::new();
+        for p in packs {
             repo.store()
-                .put_immutable(&pack_key(kind, &p.id), p.bytes.clone())
+                .put_immutable(&pack_key(p.kind, &p.id), p.bytes.clone())
                 .await
                 .expect("put pack");
-            packs.push(IndexPack {
+            listed.push(IndexPack {
                 pack: p.id,
-                kind,
+                kind: p.kind,
                 size: p.bytes.len() as u64,
                 blobs: p.entries,
             });
         }
-        let rec = IndexRecord { packs }.encode();
+        let rec = IndexRecord { packs: listed }.encode();
         let rec_id = IndexId::of(&rec);
         repo.store()
             .put(&index_key(&rec_id), rec.into(), PutMode::Create)
@@ -244,73 +251,23 @@ async fn chunk_that_does_not_match_its_id_is_never_written() {
     let claimed = b"what the tree promises".to_vec();
     let entry = file_entry(b"f", &claimed);
     let tree = raw_tree(vec![entry]);
-    // Build a pack whose entry id is the claimed id but whose bytes differ.
-    use cairn_engine::formats::{
-        head_key, index_key, pack_key, snapshot_key, Head, IndexId, IndexPack, IndexRecord, Manifest,
-        PackKind, SnapshotId, Timestamp,
-    };
-    use cairn_engine::{encode_blob, PackBuilder, PutMode};
+    // A pack whose entry id is the claimed id but whose bytes differ.
+    use cairn_engine::formats::PackKind;
+    use cairn_engine::{encode_blob, PackBuilder};
     let mut data = PackBuilder::new(PackKind::Data, 1 << 16);
     let mut lie = encode_blob(BlobId::of(&claimed), b"something else entirely", 0);
     lie.raw_len = claimed.len() as u32;
     lie.data.resize(claimed.len(), b'!');
     data.add(&lie);
-    let data = data.finish();
     let mut meta = PackBuilder::new(PackKind::Meta, 1 << 16);
     meta.add(&encode_blob(BlobId::of(&tree), &tree, 0));
-    let meta = meta.finish();
-    let store = t.repo.store();
-    let mut packs = Vec::new();
-    for p in [&data, &meta] {
-        store
-            .put(&pack_key(p.kind, &p.id), p.bytes.clone(), PutMode::Create)
-            .await
-            .expect("pack");
-        packs.push(IndexPack {
-            pack: p.id,
-            kind: p.kind,
-            size: p.bytes.len() as u64,
-            blobs: p.entries.clone(),
-        });
-    }
-    let rec = IndexRecord { packs }.encode();
-    let rec_id = IndexId::of(&rec);
-    store
-        .put(&index_key(&rec_id), rec.into(), PutMode::Create)
-        .await
-        .expect("rec");
-    let m = Manifest {
-        workspace: "lie".into(),
-        time: Timestamp::now(),
-        host: "x".into(),
-        source: vec![],
-        root: BlobId::of(&tree),
-        root_meta: Meta::default(),
-        parent: None,
-        base: None,
-        index: vec![rec_id],
-        stats: Default::default(),
-        tags: vec![],
-    }
-    .encode();
-    let id = SnapshotId::of(&m);
-    store
-        .put(&snapshot_key("lie", &id), m.into(), PutMode::Create)
-        .await
-        .expect("manifest");
-    store
-        .put(
-            &head_key("lie"),
-            Head {
-                snapshot: id,
-                time: Timestamp::now(),
-            }
-            .encode()
-            .into(),
-            PutMode::Create,
-        )
-        .await
-        .expect("head");
+    put_packs(
+        &t.repo,
+        "lie",
+        BlobId::of(&tree),
+        vec![data.finish(), meta.finish()],
+    )
+    .await;
 
     let target = t.scratch("target");
     let err = t.try_restore("lie", None, &target).await.expect_err("must fail");
