@@ -46,6 +46,9 @@ const UPLOAD_QUEUE: usize = 1;
 const UPLOAD_CONCURRENCY: usize = 3;
 /// Times a file that changes while it is read is read again before it is left out.
 const READ_ATTEMPTS: usize = 3;
+/// Margin for the file system's timestamp tick (jiffies: 1-10 ms) when deciding whether a file
+/// was written while it was read.
+const HOT_NS: i128 = 50_000_000;
 /// Files modified this close to the start of a backup (or after it) are not trusted to the stat
 /// cache next time: a later write within the file system's timestamp granularity could leave size
 /// and times unchanged ("racily clean", as git calls it).
@@ -663,7 +666,14 @@ impl Session {
                     };
                     return Ok(Some((node, md)));
                 }
-                Ok(Attempt::Changed) => continue,
+                Ok(Attempt::Changed) => {
+                    // Wait until the file's latest stamp is a tick behind the clock.
+                    let stamp = fs::symlink_metadata(path)
+                        .map(|m| ns(m.mtime(), m.mtime_nsec()).max(ns(m.ctime(), m.ctime_nsec())))
+                        .unwrap_or(0);
+                    let wait = (stamp + HOT_NS - now_ns()).clamp(0, HOT_NS);
+                    std::thread::sleep(Duration::from_nanos(wait as u64));
+                }
                 Err(Error::Io { path, source }) => {
                     self.skip(format!("{}: {source}; file left out", path.display()));
                     return Ok(None);
@@ -690,6 +700,7 @@ impl Session {
     }
 
     fn read_file(&self, path: &Path) -> Result<Attempt> {
+        let started = now_ns();
         let mut f = File::open(path).at(path)?;
         let before = f.metadata().at(path)?;
         if !before.is_file() {
@@ -739,8 +750,23 @@ impl Session {
         if !same_version(&before, &after) {
             return Ok(Attempt::Changed);
         }
+        // The kernel stamps writes with a coarse clock, so writes during the read can leave the
+        // times unchanged if the file was already stamped in the current tick. A file whose mtime
+        // or ctime falls inside the read (with a margin for the tick) may have been written
+        // while it was read: read it again once its clock has moved on.
+        let window = started - HOT_NS..=now_ns() + HOT_NS;
+        if window.contains(&ns(after.mtime(), after.mtime_nsec()))
+            || window.contains(&ns(after.ctime(), after.ctime_nsec()))
+        {
+            return Ok(Attempt::Changed);
+        }
         Ok(Attempt::Done(extents, before))
     }
+}
+
+fn now_ns() -> i128 {
+    let t = Timestamp::now();
+    ns(t.secs, i64::from(t.nanos))
 }
 
 fn same_version(a: &Metadata, b: &Metadata) -> bool {

@@ -52,8 +52,12 @@ pub fn decode_blob(object: &str, id: &BlobId, stored: &[u8], raw_len: u32, codec
     let raw = match codec {
         Codec::Raw => stored.to_vec(),
         Codec::Zstd => {
-            let mut out = Vec::with_capacity(raw_len as usize);
-            zstd::stream::copy_decode(stored, &mut out).map_err(|e| corrupt(format!("zstd: {e}")))?;
+            // One-shot into a buffer of the recorded size: faster than streaming, and a frame that
+            // would decode to more than `raw_len` bytes fails instead of growing the buffer.
+            let mut out = vec![0u8; raw_len as usize];
+            let n = zstd::bulk::decompress_to_buffer(stored, &mut out[..])
+                .map_err(|e| corrupt(format!("zstd: {e}")))?;
+            out.truncate(n);
             out
         }
     };
