@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Builds Cairn and runs its main job on the embedded local store: init a repository, back up a
-# directory (default: this source tree), back it up again (incremental), list snapshots, and run a
-# restore drill that verifies every byte. Everything lives in a temp dir that is removed at the end.
+# directory (default: a copy of this repository's committed sources), back it up again
+# (incremental), list snapshots, run a restore drill that verifies every byte, and check every
+# pack. Everything lives in a temp dir that is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-src=$(realpath "${1:-.}")
 bash scripts/setup.sh
 cargo build --release -q -p initctl
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 bin=$target_dir/release/initctl
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+if [ $# -gt 0 ]; then
+  src=$(realpath "$1")
+else
+  src=$work/sources
+  mkdir -p "$src" && git archive HEAD | tar -x -C "$src"
+fi
 export CAIRN_STORE=$work/store CAIRN_CACHE_DIR=$work/cache CAIRN_WORKSPACE=demo
 set -x
 "$bin" init
