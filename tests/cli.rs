@@ -194,9 +194,13 @@ fn unreadable_source_file_exits_3_and_names_it() {
             .status()
             .expect("chmod");
         assert!(st.success());
+        // The build may live under a home directory the unprivileged user cannot enter.
+        let bin = c.path("initctl");
+        std::fs::copy(initctl_path(), &bin).expect("copy initctl");
+        std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
         let o = std::process::Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(initctl_path())
+            .arg(&bin)
             .args(["backup", "--workspace", "w", &src_s])
             .env("CAIRN_STORE", c.store())
             .env("CAIRN_CACHE_DIR", c.path("nobody-cache"))
