@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::progress::Progress;
 use crate::repo::Repo;
-use crate::restore::{restore, RestoreOptions, RestoreReport};
+use crate::restore::{restore_with_trees, RestoreOptions, RestoreReport};
 use crate::tree::SnapshotTrees;
 use crate::verify::verify_dir;
 use crate::{Error, Result};
@@ -55,9 +55,9 @@ pub async fn drill(
         target: target.clone(),
         owners: None,
     };
-    let restored = restore(repo, id, manifest, &opts, progress.clone()).await?;
+    let trees = Arc::new(SnapshotTrees::load(repo, manifest).await?);
+    let restored = restore_with_trees(repo, id, manifest, trees.clone(), &opts, progress.clone()).await?;
     let started = Instant::now();
-    let trees = SnapshotTrees::load(repo, manifest).await?;
     let m = manifest.clone();
     let t = target.clone();
     let p = progress.clone();

@@ -45,7 +45,7 @@ pub use meta::is_root;
 pub use pack::{FinishedPack, PackBuilder};
 pub use progress::{Progress, ProgressSnapshot};
 pub use repo::{default_cache_dir, IndexHandle, InitOptions, Locations, Repo, SnapshotInfo};
-pub use restore::{read_marker, restore, RestoreMarker, RestoreOptions, RestoreReport};
+pub use restore::{read_marker, restore, restore_with_trees, RestoreMarker, RestoreOptions, RestoreReport};
 pub use store::{open_store, GetResult, LocalStore, ObjectMeta, PutMode, Store, StoreExt, Version};
 pub use tree::SnapshotTrees;
 pub use verify::{verify_dir, VerifyReport};

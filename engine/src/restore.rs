@@ -122,6 +122,22 @@ pub async fn restore(
     opts: &RestoreOptions,
     progress: Arc<Progress>,
 ) -> Result<RestoreReport> {
+    let trees = Arc::new(SnapshotTrees::load(repo, manifest).await?);
+    restore_with_trees(repo, id, manifest, trees, opts, progress).await
+}
+
+/// [`restore`] with the snapshot's trees already loaded (a drill reuses them to verify).
+///
+/// # Errors
+/// As [`restore`].
+pub async fn restore_with_trees(
+    repo: &Repo,
+    id: SnapshotId,
+    manifest: &Manifest,
+    trees: Arc<SnapshotTrees>,
+    opts: &RestoreOptions,
+    progress: Arc<Progress>,
+) -> Result<RestoreReport> {
     let started = Instant::now();
     let target = opts.target.clone();
     let as_root = opts.owners.unwrap_or_else(is_root);
@@ -142,7 +158,6 @@ pub async fn restore(
         .total_bytes
         .store(manifest.stats.bytes, std::sync::atomic::Ordering::Relaxed);
 
-    let trees = Arc::new(SnapshotTrees::load(repo, manifest).await?);
     let (t, root) = (target.clone(), manifest.root);
     let trees2 = trees.clone();
     let plan = tokio::task::spawn_blocking(move || plan(&trees2, &root, &t))
