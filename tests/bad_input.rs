@@ -86,7 +86,9 @@ fn flip_byte(path: &Path, at: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uninitialized_store_says_run_init() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = open_store(dir.path().to_str().expect("utf-8")).expect("store");
+    let store = open_store(dir.path().to_str().expect("utf-8"))
+        .await
+        .expect("store");
     let err = Repo::open(store).await.expect_err("no repo");
     assert!(matches!(err, Error::NoRepository { .. }), "{err}");
     assert!(err.to_string().contains("initctl init"), "{err}");
@@ -96,7 +98,9 @@ async fn uninitialized_store_says_run_init() {
 async fn init_twice_changes_nothing() {
     let t = TestRepo::new().await;
     let before = std::fs::read(t.store_dir().join("config")).expect("config");
-    let store = open_store(t.store_dir().to_str().expect("utf-8")).expect("store");
+    let store = open_store(t.store_dir().to_str().expect("utf-8"))
+        .await
+        .expect("store");
     let err = Repo::init(store, Default::default())
         .await
         .expect_err("second init");

@@ -1,5 +1,5 @@
-//! The store contract, as one conformance suite every backend runs (the local store now; S3 and
-//! GCS join with their issue).
+//! The store contract, as one conformance suite every backend runs: the local store here, S3 and
+//! GCS servers and the fault-injection wrapper in `cloud`.
 
 use std::sync::Arc;
 
@@ -103,6 +103,55 @@ pub async fn conformance(store: Arc<dyn Store>) {
         .await
         .expect_err("deleted")
         .is_not_found());
+
+    // Create-only under contention: exactly one writer wins, and its bytes are whole.
+    let tasks: Vec<_> = (0..16u8)
+        .map(|i| {
+            let s = store.clone();
+            tokio::spawn(async move {
+                s.put("contend/k", vec![i; 1000].into(), PutMode::Create)
+                    .await
+                    .is_ok()
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.expect("task"));
+    }
+    assert_eq!(winners, 1, "create-only writers that won");
+    let data = store.get("contend/k").await.expect("get").data;
+    assert!(
+        data.len() == 1000 && data.iter().all(|b| *b == data[0]),
+        "a single complete write"
+    );
+
+    // Compare-and-swap under contention: exactly one swap from a given version wins. Values differ
+    // from the initial one: content-derived versions (S3 ETags) make rewriting identical bytes
+    // indistinguishable from no write.
+    let v = store
+        .put("contend/h", "0".into(), PutMode::Create)
+        .await
+        .expect("create");
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (s, v) = (store.clone(), v.clone());
+            tokio::spawn(async move {
+                s.put(
+                    "contend/h",
+                    format!("v{i}").into_bytes().into(),
+                    PutMode::Update(v),
+                )
+                .await
+                .is_ok()
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.expect("task"));
+    }
+    assert_eq!(winners, 1, "compare-and-swap writers that won");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,59 +160,20 @@ async fn local_store_conforms() {
     conformance(Arc::new(LocalStore::new(dir.path()))).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_store_create_only_has_one_winner_under_contention() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path()));
-    let mut tasks = Vec::new();
-    for i in 0..16u8 {
-        let s = store.clone();
-        tasks.push(tokio::spawn(async move {
-            s.put("k", vec![i; 1000].into(), PutMode::Create).await.is_ok()
-        }));
+#[tokio::test]
+async fn store_urls() {
+    use cairn_engine::open_store;
+    assert!(open_store("file:///tmp/x").await.is_ok());
+    assert!(open_store("/tmp/x").await.is_ok());
+    for (url, want) in [
+        ("ftp://x", "unsupported store scheme"),
+        ("file://relative", "absolute path"),
+        ("s3://", "no bucket"),
+        ("gs:///prefix", "no bucket"),
+        ("s3://Bad_Bucket/x", "not a valid bucket name"),
+        ("s3://bucket/a/../b", "prefix"),
+    ] {
+        let e = open_store(url).await.expect_err(url).to_string();
+        assert!(e.contains(want), "{url}: {e}");
     }
-    let mut winners = 0;
-    for t in tasks {
-        winners += usize::from(t.await.expect("task"));
-    }
-    assert_eq!(winners, 1);
-    let data = store.get("k").await.expect("get").data;
-    assert!(data.iter().all(|b| *b == data[0]), "a single complete write");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_store_cas_has_one_winner_under_contention() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path()));
-    let v = store.put("h", "0".into(), PutMode::Create).await.expect("create");
-    let mut tasks = Vec::new();
-    for i in 0..16 {
-        let (s, v) = (store.clone(), v.clone());
-        tasks.push(tokio::spawn(async move {
-            // Values differ from the initial one: content-derived versions (like S3 ETags) make a
-            // write of identical bytes indistinguishable from no write.
-            s.put("h", format!("v{i}").into_bytes().into(), PutMode::Update(v))
-                .await
-                .is_ok()
-        }));
-    }
-    let mut winners = 0;
-    for t in tasks {
-        winners += usize::from(t.await.expect("task"));
-    }
-    assert_eq!(winners, 1);
-}
-
-#[test]
-fn store_urls() {
-    assert!(cairn_engine::open_store("file:///tmp/x").is_ok());
-    assert!(cairn_engine::open_store("/tmp/x").is_ok());
-    let e = cairn_engine::open_store("ftp://x")
-        .expect_err("scheme")
-        .to_string();
-    assert!(e.contains("unsupported store scheme"), "{e}");
-    let e = cairn_engine::open_store("file://relative")
-        .expect_err("relative")
-        .to_string();
-    assert!(e.contains("absolute path"), "{e}");
 }

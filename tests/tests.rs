@@ -6,6 +6,7 @@
 //! - `bad_input` corrupt, missing and truncated objects; unknown names; unreadable sources; full disk
 //! - `restore_safety` crafted snapshots and planted links never write outside the target
 //! - `store`     the store contract (conformance suite) and URL parsing
+//! - `cloud`     S3 and GCS against servers the suite starts; retries; injected faults; outages
 //! - `cli`       the `initctl` binary: commands, env vars, JSON, exit codes
 //! - `corpus`    the realistic agent workspace from `shared/corpus/make-workspace.sh`, end to end
 
@@ -13,6 +14,7 @@ mod support;
 
 mod bad_input;
 mod cli;
+mod cloud;
 mod corpus;
 mod incremental;
 mod restore_safety;

@@ -46,7 +46,11 @@ pub use pack::{FinishedPack, PackBuilder};
 pub use progress::{Progress, ProgressSnapshot};
 pub use repo::{default_cache_dir, IndexHandle, InitOptions, Locations, Repo, SnapshotInfo};
 pub use restore::{read_marker, restore, restore_with_trees, RestoreMarker, RestoreOptions, RestoreReport};
-pub use store::{open_store, GetResult, LocalStore, ObjectMeta, PutMode, Store, StoreExt, Version};
+pub use store::{
+    check_conditional_writes, open_store, open_store_with, parse_duration, FaultPlan, FaultStats, FaultStore,
+    GcsOptions, GcsStore, GetResult, LocalStore, ObjectMeta, PutMode, RetryPolicy, RetryStats, RetryStore,
+    S3Options, S3Store, Store, StoreExt, StoreOptions, Version,
+};
 pub use tree::SnapshotTrees;
 pub use verify::{verify_dir, VerifyReport};
 

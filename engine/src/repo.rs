@@ -72,6 +72,7 @@ impl Repo {
         // Round-trip through the decoder so init can never write a config that open refuses.
         let bytes = config.encode();
         RepoConfig::decode(&bytes).map_err(|e| Error::Invalid(e.to_string()))?;
+        crate::store::check_conditional_writes(store.as_ref()).await?;
         match store.put(CONFIG_KEY, Bytes::from(bytes), PutMode::Create).await {
             Ok(_) => Ok(Repo { store, config }),
             Err(Error::AlreadyExists { .. }) => Err(Error::Invalid(format!(

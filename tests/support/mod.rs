@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod servers;
+
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs;
@@ -25,22 +27,26 @@ pub struct TestRepo {
     pub repo: Repo,
 }
 
+/// Small chunks and packs, so that small test trees exercise multi-chunk files and many packs.
+pub fn small_params() -> InitOptions {
+    InitOptions {
+        chunker: Some(ChunkerParams {
+            min: 4 << 10,
+            avg: 16 << 10,
+            max: 64 << 10,
+        }),
+        zstd_level: None,
+        packs: Some(PackTargets {
+            data: 256 << 10,
+            meta: 64 << 10,
+        }),
+    }
+}
+
 impl TestRepo {
     /// Small chunks and packs so that small test trees exercise multi-chunk files and many packs.
     pub async fn new() -> TestRepo {
-        Self::with(InitOptions {
-            chunker: Some(ChunkerParams {
-                min: 4 << 10,
-                avg: 16 << 10,
-                max: 64 << 10,
-            }),
-            zstd_level: None,
-            packs: Some(PackTargets {
-                data: 256 << 10,
-                meta: 64 << 10,
-            }),
-        })
-        .await
+        Self::with(small_params()).await
     }
 
     /// The defaults a user gets.
@@ -48,9 +54,18 @@ impl TestRepo {
         Self::with(InitOptions::default()).await
     }
 
+    /// A repository on `store`, with a local cache in a temp dir.
+    pub async fn on_store(store: Arc<dyn cairn_engine::Store>, opts: InitOptions) -> TestRepo {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repo::init(store, opts).await.expect("init");
+        TestRepo { dir, repo }
+    }
+
     pub async fn with(opts: InitOptions) -> TestRepo {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = open_store(dir.path().join("store").to_str().expect("utf-8 temp path")).expect("store");
+        let store = open_store(dir.path().join("store").to_str().expect("utf-8 temp path"))
+            .await
+            .expect("store");
         let repo = Repo::init(store, opts).await.expect("init");
         TestRepo { dir, repo }
     }

@@ -4,7 +4,11 @@
 //! are written with [`PutMode::Create`]; heads with [`PutMode::Update`] (compare-and-swap on the
 //! version a [`Store::get`] returned) or `Create` for the first head. Nothing else is mutable.
 
+mod fault;
+mod gcs;
 mod local;
+mod retry;
+mod s3;
 
 use std::fmt;
 use std::ops::Range;
@@ -15,7 +19,11 @@ use bytes::Bytes;
 
 use crate::{Error, Result};
 
+pub use fault::{parse_duration, FaultPlan, FaultStats, FaultStore};
+pub use gcs::{GcsOptions, GcsStore};
 pub use local::LocalStore;
+pub use retry::{RetryPolicy, RetryStats, RetryStore};
+pub use s3::{S3Options, S3Store};
 
 /// An opaque object version for compare-and-swap (an ETag, a GCS generation, a local digest).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,28 +133,201 @@ pub trait StoreExt: Store {
 
 impl<S: Store + ?Sized> StoreExt for S {}
 
-/// Opens a store from a location: a directory path or a `file://` URL.
+/// How [`open_store_with`] builds a store: backend tuning, retries, and injected faults.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// Retries, deadlines and the bound on requests in flight (remote stores, or any store with
+    /// faults injected).
+    pub retry: RetryPolicy,
+    /// Faults to inject (tests and drills).
+    pub faults: Option<FaultPlan>,
+    /// S3 tuning.
+    pub s3: S3Options,
+    /// GCS tuning.
+    pub gcs: GcsOptions,
+}
+
+impl StoreOptions {
+    /// Defaults, adjusted by the environment: `CAIRN_STORE_RETRIES` (attempts per request),
+    /// `CAIRN_STORE_TIMEOUT` (deadline of a small request, e.g. `30s`), `CAIRN_STORE_MAX_REQUESTS`
+    /// (requests in flight), `CAIRN_FAULTS` (a [`FaultPlan`]), `CAIRN_S3_PATH_STYLE`, and
+    /// `STORAGE_EMULATOR_HOST` for GCS.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the variable whose value does not parse.
+    pub fn from_env() -> Result<Self> {
+        let mut o = StoreOptions::default();
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let bad = |name: &str, v: &str, want: &str| Error::Invalid(format!("{name}={v:?}: expected {want}"));
+        if let Some(v) = var("CAIRN_STORE_RETRIES") {
+            o.retry.attempts = v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| bad("CAIRN_STORE_RETRIES", &v, "a number of attempts, at least 1"))?;
+        }
+        if let Some(v) = var("CAIRN_STORE_TIMEOUT") {
+            o.retry.request_timeout = parse_duration(&v)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| bad("CAIRN_STORE_TIMEOUT", &v, "a duration like 30s"))?;
+        }
+        if let Some(v) = var("CAIRN_STORE_MAX_REQUESTS") {
+            o.retry.max_in_flight = v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| bad("CAIRN_STORE_MAX_REQUESTS", &v, "a number, at least 1"))?;
+        }
+        if let Some(v) = var("CAIRN_FAULTS") {
+            o.faults = Some(v.parse()?);
+        }
+        if let Some(v) = var("CAIRN_S3_PATH_STYLE") {
+            o.s3.path_style = Some(match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(bad("CAIRN_S3_PATH_STYLE", &v, "true or false")),
+            });
+        }
+        if let Some(v) = var("STORAGE_EMULATOR_HOST") {
+            o.gcs.endpoint = Some(v);
+        }
+        Ok(o)
+    }
+}
+
+/// Opens a store from a location, with options from the environment ([`StoreOptions::from_env`]).
 ///
 /// # Errors
-/// [`Error::Invalid`] for an unsupported scheme or malformed URL.
-pub fn open_store(location: &str) -> Result<Arc<dyn Store>> {
+/// As [`open_store_with`].
+pub async fn open_store(location: &str) -> Result<Arc<dyn Store>> {
+    open_store_with(location, StoreOptions::from_env()?).await
+}
+
+/// Opens a store from a location: a directory path, a `file://` URL, `s3://BUCKET[/PREFIX]` or
+/// `gs://BUCKET[/PREFIX]`. Remote stores (and any store with faults injected) are wrapped in a
+/// [`RetryStore`].
+///
+/// # Errors
+/// [`Error::Invalid`] for an unsupported scheme or malformed URL; [`Error::Store`] when a cloud
+/// client cannot be set up (no credentials).
+pub async fn open_store_with(location: &str, opts: StoreOptions) -> Result<Arc<dyn Store>> {
     if location.is_empty() {
         return Err(Error::Invalid(
-            "no store given: pass --store or set CAIRN_STORE (a directory path or file:// URL)".into(),
+            "no store given: pass --store or set CAIRN_STORE (a directory, file://, s3:// or gs:// URL)"
+                .into(),
         ));
     }
-    if let Some(path) = location.strip_prefix("file://") {
+    let (base, remote): (Arc<dyn Store>, bool) = if let Some(rest) = location.strip_prefix("s3://") {
+        let (bucket, prefix) = bucket_and_prefix(location, rest)?;
+        (
+            Arc::new(S3Store::connect(bucket, &prefix, opts.s3.clone()).await?),
+            true,
+        )
+    } else if let Some(rest) = location.strip_prefix("gs://") {
+        let (bucket, prefix) = bucket_and_prefix(location, rest)?;
+        (
+            Arc::new(GcsStore::connect(bucket, &prefix, opts.gcs.clone()).await?),
+            true,
+        )
+    } else if let Some(path) = location.strip_prefix("file://") {
         if !path.starts_with('/') {
             return Err(Error::Invalid(format!(
                 "{location}: a file:// URL needs an absolute path, e.g. file:///var/lib/cairn"
             )));
         }
-        return Ok(Arc::new(LocalStore::new(path)));
-    }
-    if let Some((scheme, _)) = location.split_once("://") {
+        (Arc::new(LocalStore::new(path)), false)
+    } else if let Some((scheme, _)) = location.split_once("://") {
         return Err(Error::Invalid(format!(
-            "{location}: unsupported store scheme {scheme:?}; use a directory path or file:// URL"
+            "{location}: unsupported store scheme {scheme:?}; use a directory path, file://, s3:// or gs://"
+        )));
+    } else {
+        (Arc::new(LocalStore::new(location)), false)
+    };
+    let faulty = opts.faults.is_some();
+    let store = match opts.faults {
+        Some(plan) => Arc::new(FaultStore::new(base, plan)) as Arc<dyn Store>,
+        None => base,
+    };
+    Ok(if remote || faulty {
+        Arc::new(RetryStore::new(store, opts.retry))
+    } else {
+        store
+    })
+}
+
+/// Splits `bucket/some/prefix` into the bucket and a key prefix that is empty or ends in `/`.
+fn bucket_and_prefix<'a>(location: &str, rest: &'a str) -> Result<(&'a str, String)> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{location}: no bucket; expected s3://BUCKET[/PREFIX] or gs://BUCKET[/PREFIX]"
         )));
     }
-    Ok(Arc::new(LocalStore::new(location)))
+    let prefix = prefix.trim_matches('/');
+    if prefix.split('/').any(|c| c == "." || c == "..") || prefix.contains("//") {
+        return Err(Error::Invalid(format!(
+            "{location}: the prefix may not hold empty, . or .. components"
+        )));
+    }
+    Ok((
+        bucket,
+        if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        },
+    ))
+}
+
+/// Checks that `store` enforces create-only and compare-and-swap writes, with a probe object
+/// that is deleted afterwards. A server that ignores the conditions would let two writers both
+/// "win"; Cairn refuses to create a repository there.
+///
+/// # Errors
+/// [`Error::Invalid`] naming the condition the store ignored; store errors as they come.
+pub async fn check_conditional_writes(store: &dyn Store) -> Result<()> {
+    let key = format!("probe/conditional-writes-{:016x}", rand::random::<u64>());
+    let v1 = store
+        .put(&key, Bytes::from_static(b"probe 1"), PutMode::Create)
+        .await?;
+    let refuse = |what: &str| {
+        Error::Invalid(format!(
+            "{}: the store ignored {what}. Cairn needs conditional writes (S3: If-None-Match and \
+             If-Match, as AWS S3, MinIO and Ceph support; GCS: ifGenerationMatch) so that concurrent \
+             writers can never overwrite each other; no repository was created",
+            store.location()
+        ))
+    };
+    let created_twice = store
+        .put(&key, Bytes::from_static(b"probe 2"), PutMode::Create)
+        .await;
+    let stale = Version(format!("{}-stale", v1.0));
+    let swapped_stale = store
+        .put(&key, Bytes::from_static(b"probe 3"), PutMode::Update(stale))
+        .await;
+    let swapped = store
+        .put(&key, Bytes::from_static(b"probe 4"), PutMode::Update(v1))
+        .await;
+    let _ = store.delete(&key).await;
+    match created_twice {
+        Err(Error::AlreadyExists { .. }) => {}
+        Ok(_) => {
+            return Err(refuse(
+                "a create-only write (If-None-Match: * / ifGenerationMatch=0)",
+            ))
+        }
+        Err(e) => return Err(e),
+    }
+    match swapped_stale {
+        Err(Error::Conflict { .. }) => {}
+        Ok(_) => {
+            return Err(refuse(
+                "a compare-and-swap write with a stale version (If-Match / ifGenerationMatch)",
+            ))
+        }
+        Err(e) => return Err(e),
+    }
+    swapped.map(|_| ())
 }

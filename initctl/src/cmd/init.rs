@@ -40,7 +40,7 @@ pub async fn run(g: &Global, a: InitArgs) -> Result<u8> {
         data,
         meta: PackTargets::default().meta.min(data),
     });
-    let store = open_store(&g.store)?;
+    let store = open_store(&g.store).await?;
     let repo = Repo::init(
         store.clone(),
         InitOptions {

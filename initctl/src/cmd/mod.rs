@@ -16,7 +16,7 @@ use crate::Global;
 
 /// Opens the repository named by `--store`.
 pub async fn open(g: &Global) -> Result<Repo> {
-    let store = open_store(&g.store)?;
+    let store = open_store(&g.store).await?;
     Ok(Repo::open(store).await?)
 }
 

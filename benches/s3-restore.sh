@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Restore from object storage with latency, in one run on the same corpus workspace:
+#   Cairn from the local store;
+#   Cairn from a local S3 server (moto) with 20 ms added to every request;
+#   restic from the same S3 server with the same 20 ms.
+# The latency comes from benches/latency_proxy.py, which delays every request on its way to the
+# server, so both tools see the same network. Each restore starts with an empty local cache, as a
+# new pod does, and is checked with `diff -r` (not timed). Targets are on tmpfs (/dev/shm), so the
+# numbers measure fetching and verifying, not this machine's ext4 inode allocation (which made
+# disk-target restores vary 2.6-12 s between runs, see RESULTS.md).
+#
+#   benches/s3-restore.sh [--write]     --write appends the table to benches/RESULTS.md
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+write=${1:-}
+delay_ms=${DELAY_MS:-20}
+rounds=${ROUNDS:-2}
+
+command -v restic >/dev/null || { apt-get update -qq && apt-get install -y -qq restic >/dev/null; }
+[ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
+bash scripts/setup.sh
+cargo build --release -q -p initctl
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+cairn=$target_dir/release/initctl
+py=${CAIRN_PY_VENV:-$HOME/.cache/cairn-py}/bin/python
+
+corpus=${CAIRN_CORPUS_DIR:-$HOME/.cache/cairn-corpus}/ws-seed1
+if [ ! -f "$corpus.complete" ]; then
+  mkdir -p "$(dirname "$corpus")"
+  rm -rf "$corpus.building"
+  SEED=1 bash ../shared/corpus/make-workspace.sh "$corpus.building" >&2
+  rm -rf "$corpus" && mv "$corpus.building" "$corpus" && touch "$corpus.complete"
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/cairn-s3bench.XXXXXX")
+shm=$(mktemp -d /dev/shm/cairn-s3bench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -n "${KEEP:-}" ] || rm -rf "$work" "$shm"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+s3_port=$(free_port)
+proxy_port=$(free_port)
+mkfifo "$work/hold"
+# The server lives while this script holds the fifo open (launch.py exits at EOF on stdin).
+"$py" tests/servers/launch.py s3 "$s3_port" <"$work/hold" >"$work/s3.log" 2>&1 &
+pids+=($!)
+exec 8>"$work/hold"
+"$py" benches/latency_proxy.py "$proxy_port" "$s3_port" "$delay_ms" >"$work/proxy.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  curl -s -o /dev/null "http://127.0.0.1:$s3_port/" && curl -s -o /dev/null "http://127.0.0.1:$proxy_port/" && break
+  sleep 0.1
+done
+curl -sf -X PUT "http://127.0.0.1:$s3_port/cairn-bench" >/dev/null
+curl -sf -X PUT "http://127.0.0.1:$s3_port/restic-bench" >/dev/null
+
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+export CAIRN_WORKSPACE=bench CAIRN_QUIET=1 RESTIC_PASSWORD=bench
+direct=http://127.0.0.1:$s3_port
+slow=http://127.0.0.1:$proxy_port
+ws=$corpus
+
+# Repositories: written directly (no latency), not timed.
+CAIRN_STORE=$work/local CAIRN_CACHE_DIR=$work/c0 "$cairn" init >/dev/null
+CAIRN_STORE=$work/local CAIRN_CACHE_DIR=$work/c0 "$cairn" backup "$ws" >/dev/null
+AWS_ENDPOINT_URL=$direct CAIRN_STORE=s3://cairn-bench/repo CAIRN_CACHE_DIR=$work/c1 "$cairn" init >/dev/null
+AWS_ENDPOINT_URL=$direct CAIRN_STORE=s3://cairn-bench/repo CAIRN_CACHE_DIR=$work/c1 "$cairn" backup "$ws" >/dev/null
+restic -q -r "s3:$direct/restic-bench" init --repository-version 2 >/dev/null
+restic -q -r "s3:$direct/restic-bench" --cache-dir "$work/rc0" backup "$ws" >/dev/null
+
+rows=()
+n=0
+# measure NAME -- command... (the restore target is the last argument)
+measure() {
+  local name=$1; shift 2
+  local t=$work/time.txt target=${*: -1}
+  /usr/bin/time -f '%e %U %S %M' -o "$t" "$@" >/dev/null
+  read -r wall user sys rss <"$t"
+  local cpu
+  cpu=$(python3 -c "print(f'{$user + $sys:.2f}')")
+  local got=$target
+  [ -d "$target$ws" ] && got=$target$ws  # restic restores the absolute path under the target
+  diff -r --no-dereference "$ws" "$got" >/dev/null || { echo "MISMATCH: $name restored something else" >&2; exit 1; }
+  rows+=("| $name | $wall | $cpu | $((rss / 1024)) |")
+  printf '%-36s wall %6ss cpu %6ss rss %5s MiB\n' "$name" "$wall" "$cpu" $((rss / 1024)) >&2
+  rm -rf "$target"
+}
+
+for round in $(seq "$rounds"); do
+  n=$((n + 1))
+  measure "cairn, local store" -- env CAIRN_STORE="$work/local" CAIRN_CACHE_DIR="$work/cache-$n-a" \
+    "$cairn" restore "$shm/a"
+  measure "cairn, S3 + ${delay_ms} ms/request" -- env AWS_ENDPOINT_URL="$slow" CAIRN_STORE=s3://cairn-bench/repo \
+    CAIRN_CACHE_DIR="$work/cache-$n-b" "$cairn" restore "$shm/b"
+  measure "restic, S3 + ${delay_ms} ms/request" -- restic -q -r "s3:$slow/restic-bench" --cache-dir "$work/rcache-$n" \
+    restore latest --target "$shm/c"
+  measure "cairn, S3 direct (no added latency)" -- env AWS_ENDPOINT_URL="$direct" CAIRN_STORE=s3://cairn-bench/repo \
+    CAIRN_CACHE_DIR="$work/cache-$n-d" "$cairn" restore "$shm/d"
+done
+
+if [ "$write" = "--write" ]; then
+  {
+    echo
+    echo "## Restore from S3 with ${delay_ms} ms per request ($(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD))"
+    echo
+    echo "\`benches/s3-restore.sh --write\`: corpus workspace ($(du -sh "$ws" | cut -f1), $(find "$ws" | wc -l) entries),"
+    echo "moto $("$py" -c 'import moto; print(moto.__version__)') on loopback behind benches/latency_proxy.py, restic $(restic version | cut -d' ' -f2),"
+    echo "targets on tmpfs, empty local caches, $rounds rounds in order."
+    echo
+    echo "| restore | wall s | cpu s | peak RSS MiB |"
+    echo "|---|---|---|---|"
+    printf '%s\n' "${rows[@]}"
+  } >>benches/RESULTS.md
+fi
