@@ -84,7 +84,7 @@ measure() {
   cpu=$(python3 -c "print(f'{$user + $sys:.2f}')")
   local got=$target
   [ -d "$target$ws" ] && got=$target$ws  # restic restores the absolute path under the target
-  diff -r --no-dereference "$ws" "$got" >/dev/null || { echo "MISMATCH: $name restored something else" >&2; exit 1; }
+  diff -r --no-dereference -x .cairn-snapshot "$ws" "$got" >/dev/null || { echo "MISMATCH: $name restored something else" >&2; exit 1; }
   rows+=("| $name | $wall | $cpu | $((rss / 1024)) |")
   printf '%-36s wall %6ss cpu %6ss rss %5s MiB\n' "$name" "$wall" "$cpu" $((rss / 1024)) >&2
   rm -rf "$target"

@@ -44,7 +44,7 @@ struct Cli {
 /// Flags every command takes.
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// The repository: a directory path or file:// URL.
+    /// The repository: a directory path, file://, s3://BUCKET[/PREFIX] or gs://BUCKET[/PREFIX].
     #[arg(
         long,
         global = true,

@@ -1,19 +1,141 @@
-//! `sidecar`: Cairn's in-pod daemon (checkpoints, final flush on SIGTERM, health, metrics).
+//! `sidecar`: Cairn's in-pod daemon.
 //!
-//! Not built yet: this placeholder only parses its command line and says so, so that pod specs
-//! and images can reference the binary. The pod-lifecycle issue builds it.
+//! `sidecar run` lives as long as the pod: it takes an incremental checkpoint of the workspace
+//! every `--interval` (with jitter, so a fleet does not fire at once), serves `/healthz`,
+//! `/readyz` and Prometheus `/metrics`, and on SIGTERM takes a final checkpoint under
+//! `--flush-deadline` and exits with its result. `sidecar flush` (for a preStop exec hook) asks the
+//! running daemon for a final checkpoint over a Unix socket and waits for it; flushes that arrive
+//! while one runs share it.
 
-use clap::Parser;
+mod daemon;
+mod http;
+mod metrics;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "sidecar",
     version,
-    about = "Cairn in-pod daemon (not implemented yet)"
+    about = "Cairn in-pod daemon: interval checkpoints, final flush on SIGTERM, health and metrics"
 )]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    Cli::parse();
-    anyhow::bail!("sidecar is not implemented yet; use `initctl backup` for checkpoints")
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon (the container's main process).
+    Run(Box<RunArgs>),
+    /// Ask the running daemon for a final checkpoint and wait for it (preStop hook).
+    Flush(FlushArgs),
+}
+
+/// How the daemon runs.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The repository: a directory, file://, s3:// or gs:// URL.
+    #[arg(long, env = "CAIRN_STORE")]
+    pub store: String,
+    /// The workspace name.
+    #[arg(long, short, env = "CAIRN_WORKSPACE")]
+    pub workspace: String,
+    /// The workspace directory (the shared volume).
+    #[arg(long, env = "CAIRN_SOURCE")]
+    pub source: PathBuf,
+    /// Where the local index lives (outside the workspace; the init container's cache dir).
+    #[arg(long, env = "CAIRN_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Time between checkpoints, e.g. 5m; 0 turns interval checkpoints off.
+    #[arg(long, env = "CAIRN_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Spread of each interval, as a fraction (0.1 = plus or minus 10 %).
+    #[arg(long, env = "CAIRN_JITTER", default_value_t = 0.1)]
+    pub jitter: f64,
+    /// Deadline of the final checkpoint on SIGTERM or flush; keep it under the pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(long, env = "CAIRN_FLUSH_DEADLINE", default_value = "25s", value_parser = parse_duration)]
+    pub flush_deadline: Duration,
+    /// Address of the health and metrics server.
+    #[arg(long, env = "CAIRN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub listen: String,
+    /// Unix socket `sidecar flush` talks to.
+    #[arg(long, env = "CAIRN_CONTROL_SOCKET", default_value = "/tmp/cairn-sidecar.sock")]
+    pub control_socket: PathBuf,
+    /// Shell command run before each checkpoint (e.g. a database checkpoint); if it fails, the
+    /// checkpoint fails.
+    #[arg(long, env = "CAIRN_PRE_HOOK")]
+    pub pre_hook: Option<String>,
+    /// Shell command run after each checkpoint, whatever its outcome.
+    #[arg(long, env = "CAIRN_POST_HOOK")]
+    pub post_hook: Option<String>,
+    /// Log format on stderr: json (for pods) or text.
+    #[arg(long, env = "CAIRN_LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+}
+
+#[derive(Args, Debug)]
+struct FlushArgs {
+    /// Unix socket of the running daemon.
+    #[arg(long, env = "CAIRN_CONTROL_SOCKET", default_value = "/tmp/cairn-sidecar.sock")]
+    control_socket: PathBuf,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    cairn_engine::parse_duration(s).ok_or_else(|| format!("{s:?}: expected a duration like 30s or 5m"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sidecar: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.cmd {
+        Command::Run(args) => {
+            init_logging(&args.log_format);
+            match rt.block_on(daemon::run(*args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "sidecar stopped with an error");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Flush(args) => match rt.block_on(daemon::request_flush(&args.control_socket)) {
+            Ok((ok, line)) => {
+                println!("{line}");
+                if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("sidecar flush: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.with_target(false).init();
+    }
 }

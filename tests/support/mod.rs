@@ -433,12 +433,17 @@ pub fn make_writable(root: &Path) {
 /// The `initctl` binary of this build. `cargo test --workspace` builds it (the `initctl` package
 /// has an integration test), with the same features as everything else, so it is never stale.
 pub fn initctl_path() -> PathBuf {
+    bin_path("initctl")
+}
+
+/// A binary of the workspace, built by `cargo test --workspace` next to the test binaries.
+pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let bin = exe
         .parent()
         .and_then(|d| d.parent())
         .expect("target dir")
-        .join("initctl");
+        .join(name);
     assert!(
         bin.exists(),
         "{} is missing: run the suite with `cargo test --workspace` (it builds the binary)",

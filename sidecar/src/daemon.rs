@@ -1,0 +1,372 @@
+//! The daemon: opening the repository, interval checkpoints, the final flush, the control socket.
+//!
+//! One checkpoint runs at a time. An interval tick while a checkpoint runs joins it. A flush while
+//! a flush runs joins it (so preStop's `sidecar flush` and SIGTERM never back up twice at once); a
+//! flush while an interval checkpoint runs cancels that checkpoint and starts the final one at
+//! once, because the grace period is short and a cancelled backup is harmless: its snapshot is
+//! never sealed, and the packs it uploaded are adopted by the next backup.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, Context};
+use cairn_engine::{backup, default_cache_dir, open_store, BackupOptions, Error, Progress, Repo};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use rand::Rng;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::OnceCell;
+use tokio::task::AbortHandle;
+
+use crate::metrics::{Metrics, Run};
+use crate::{http, RunArgs};
+
+/// Why a checkpoint runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Interval,
+    Flush,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Interval => "interval",
+            Kind::Flush => "flush",
+        }
+    }
+}
+
+/// How a checkpoint ended, as the JSON line `sidecar flush` prints.
+type Outcome = Arc<(bool, serde_json::Value)>;
+
+struct Running {
+    id: u64,
+    kind: Kind,
+    done: Shared<BoxFuture<'static, Outcome>>,
+    abort: AbortHandle,
+}
+
+/// The daemon's shared state.
+pub struct Daemon {
+    args: RunArgs,
+    repo: OnceCell<Repo>,
+    ready: AtomicBool,
+    pub metrics: Metrics,
+    running: Mutex<Option<Running>>,
+    next_id: AtomicU64,
+}
+
+impl Daemon {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Opens the repository, retrying transient failures (credentials can take seconds to appear
+    /// on a new pod) with backoff; a bad URL or a missing repository is final.
+    async fn open_repo(&self) -> anyhow::Result<()> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let opened = async { Repo::open(open_store(&self.args.store).await?).await }.await;
+            match opened {
+                Ok(repo) => {
+                    let _ = self.repo.set(repo);
+                    self.ready.store(true, Ordering::Relaxed);
+                    tracing::info!(store = %self.args.store, workspace = %self.args.workspace, "repository open; ready");
+                    return Ok(());
+                }
+                Err(e @ (Error::Invalid(_) | Error::NoRepository { .. })) => {
+                    return Err(anyhow!(e)).context("cannot open the repository");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "repository not reachable yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    fn next_wait(&self) -> Duration {
+        let j = self.args.jitter.clamp(0.0, 1.0);
+        let f = if j > 0.0 {
+            rand::thread_rng().gen_range(1.0 - j..=1.0 + j)
+        } else {
+            1.0
+        };
+        self.args.interval.mul_f64(f)
+    }
+
+    /// Starts a checkpoint of `kind`, or joins the one running (see the module docs).
+    fn checkpoint(self: &Arc<Self>, kind: Kind) -> Shared<BoxFuture<'static, Outcome>> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = running.as_ref() {
+            if kind == Kind::Interval || r.kind == Kind::Flush {
+                return r.done.clone();
+            }
+            tracing::info!("cancelling the interval checkpoint in progress for the final flush");
+            r.abort.abort();
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            let out = me.run_checkpoint(kind).await;
+            let mut running = me.running.lock().unwrap_or_else(|p| p.into_inner());
+            if running.as_ref().is_some_and(|r| r.id == id) {
+                *running = None;
+            }
+            out
+        });
+        let abort = task.abort_handle();
+        let done = async move {
+            task.await.unwrap_or_else(|e| {
+                let why = if e.is_cancelled() {
+                    "cancelled for the final flush"
+                } else {
+                    "the checkpoint task panicked"
+                };
+                Arc::new((false, json!({ "ok": false, "kind": kind.name(), "error": why })))
+            })
+        }
+        .boxed()
+        .shared();
+        *running = Some(Running {
+            id,
+            kind,
+            done: done.clone(),
+            abort,
+        });
+        done
+    }
+
+    async fn run_checkpoint(&self, kind: Kind) -> Outcome {
+        let started = Instant::now();
+        let result = match kind {
+            Kind::Flush => {
+                match tokio::time::timeout(self.args.flush_deadline, self.backup_with_hooks()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(anyhow!(
+                    "the final checkpoint did not finish within --flush-deadline {:?}; the previous snapshot \
+                     stays the latest",
+                    self.args.flush_deadline
+                )),
+                }
+            }
+            Kind::Interval => self.backup_with_hooks().await,
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics.duration.observe(seconds);
+        let out = match result {
+            Ok(r) => {
+                let s = &r.stats;
+                self.metrics.checkpoints.get_or_create(&labels(kind, "ok")).inc();
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                self.metrics.last_success.set(now);
+                self.metrics.bytes_read.inc_by(s.bytes_read);
+                self.metrics.bytes_uploaded.inc_by(s.uploaded_bytes);
+                self.metrics
+                    .bytes_deduplicated
+                    .inc_by(s.bytes_read.saturating_sub(s.new_bytes));
+                self.metrics.files_read.inc_by(s.files_read);
+                self.metrics.files.set(i64::try_from(s.files).unwrap_or(i64::MAX));
+                let v = json!({
+                    "ok": true,
+                    "kind": kind.name(),
+                    "snapshot": r.snapshot.to_hex(),
+                    "parent": r.parent.map(|p| p.to_hex()),
+                    "files": s.files,
+                    "files_read": s.files_read,
+                    "bytes_read": s.bytes_read,
+                    "uploaded_bytes": s.uploaded_bytes,
+                    "skipped": s.skipped,
+                    "seconds": seconds,
+                });
+                for w in &r.warnings {
+                    tracing::warn!(warning = %w, "entry left out of the checkpoint");
+                }
+                tracing::info!(
+                    kind = kind.name(),
+                    snapshot = %r.snapshot.to_hex(),
+                    files_read = s.files_read,
+                    uploaded_bytes = s.uploaded_bytes,
+                    seconds,
+                    "checkpoint sealed"
+                );
+                (true, v)
+            }
+            Err(e) => {
+                self.metrics
+                    .checkpoints
+                    .get_or_create(&labels(kind, "error"))
+                    .inc();
+                let msg = format!("{e:#}");
+                tracing::error!(kind = kind.name(), error = %msg, seconds, "checkpoint failed");
+                (
+                    false,
+                    json!({ "ok": false, "kind": kind.name(), "error": msg, "seconds": seconds }),
+                )
+            }
+        };
+        Arc::new(out)
+    }
+
+    async fn backup_with_hooks(&self) -> anyhow::Result<cairn_engine::BackupReport> {
+        let repo = self
+            .repo
+            .get()
+            .ok_or_else(|| anyhow!("the repository is not open yet"))?;
+        if let Some(cmd) = &self.args.pre_hook {
+            run_hook("pre", cmd, &self.args.workspace).await?;
+        }
+        let opts = BackupOptions {
+            workspace: self.args.workspace.clone(),
+            source: self.args.source.clone(),
+            cache_dir: self.args.cache_dir.clone().unwrap_or_else(default_cache_dir),
+            tags: vec![],
+            host: std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()),
+        };
+        let result = backup(repo, &opts, Arc::new(Progress::default())).await;
+        if let Some(cmd) = &self.args.post_hook {
+            if let Err(e) = run_hook("post", cmd, &self.args.workspace).await {
+                tracing::warn!(error = format!("{e:#}"), "post-checkpoint hook failed");
+            }
+        }
+        Ok(result?)
+    }
+
+    /// The final checkpoint, joining one in progress.
+    async fn flush(self: &Arc<Self>) -> Outcome {
+        self.checkpoint(Kind::Flush).await
+    }
+}
+
+fn labels(kind: Kind, result: &str) -> Run {
+    Run {
+        kind: kind.name().into(),
+        result: result.into(),
+    }
+}
+
+async fn run_hook(which: &str, cmd: &str, workspace: &str) -> anyhow::Result<()> {
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("CAIRN_WORKSPACE", workspace)
+        .env("CAIRN_HOOK", which)
+        .status()
+        .await
+        .with_context(|| format!("{which}-checkpoint hook {cmd:?}: cannot start sh"))?;
+    if !status.success() {
+        anyhow::bail!("{which}-checkpoint hook {cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs the daemon until SIGTERM (or SIGINT), then takes the final checkpoint and returns its
+/// result.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let d = Arc::new(Daemon {
+        args: args.clone(),
+        repo: OnceCell::new(),
+        ready: AtomicBool::new(false),
+        metrics: Metrics::new(),
+        running: Mutex::new(None),
+        next_id: AtomicU64::new(0),
+    });
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+    tracing::info!(listen = %args.listen, "serving /healthz /readyz /metrics");
+    let app = http::router(d.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "health server stopped");
+        }
+    });
+
+    let _ = std::fs::remove_file(&args.control_socket);
+    let control = UnixListener::bind(&args.control_socket)
+        .with_context(|| format!("--control-socket {}: cannot bind", args.control_socket.display()))?;
+    let dc = d.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = control.accept().await {
+            let d = dc.clone();
+            tokio::spawn(async move { serve_control(d, conn).await });
+        }
+    });
+
+    tokio::select! {
+        r = d.open_repo() => r?,
+        _ = term.recv() => { tracing::info!("SIGTERM before the repository opened; nothing to flush"); return Ok(()) }
+        _ = int.recv() => return Ok(()),
+    }
+
+    loop {
+        let wait = d.next_wait();
+        tokio::select! {
+            _ = tokio::time::sleep(wait), if !args.interval.is_zero() => {
+                // Runs in its own task; this loop keeps listening for signals meanwhile.
+                drop(d.checkpoint(Kind::Interval));
+            }
+            _ = term.recv() => { tracing::info!("SIGTERM: final checkpoint"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: final checkpoint"); break }
+        }
+    }
+    let out = d.flush().await;
+    let _ = std::fs::remove_file(&args.control_socket);
+    println!("{}", out.1);
+    if out.0 {
+        Ok(())
+    } else {
+        Err(anyhow!("final checkpoint failed: {}", out.1["error"]))
+    }
+}
+
+/// One control connection: a `flush` line in, one JSON line out.
+async fn serve_control(d: Arc<Daemon>, conn: UnixStream) {
+    let (r, mut w) = conn.into_split();
+    let mut line = String::new();
+    if BufReader::new(r).read_line(&mut line).await.is_err() {
+        return;
+    }
+    let reply = match line.trim() {
+        "flush" => d.flush().await.1.to_string(),
+        other => {
+            json!({ "ok": false, "error": format!("unknown request {other:?}; expected flush") }).to_string()
+        }
+    };
+    let _ = w.write_all(format!("{reply}\n").as_bytes()).await;
+}
+
+/// Client side of `sidecar flush`: returns whether the flush sealed a snapshot, and its JSON line.
+pub async fn request_flush(socket: &Path) -> anyhow::Result<(bool, String)> {
+    let conn = UnixStream::connect(socket).await.with_context(|| {
+        format!(
+            "{}: no sidecar daemon listening (is `sidecar run` up, with the same --control-socket?)",
+            socket.display()
+        )
+    })?;
+    let (r, mut w) = conn.into_split();
+    w.write_all(b"flush\n")
+        .await
+        .context("sending the flush request")?;
+    let mut line = String::new();
+    BufReader::new(r)
+        .read_line(&mut line)
+        .await
+        .context("reading the daemon's answer")?;
+    let line = line.trim().to_string();
+    let v: serde_json::Value =
+        serde_json::from_str(&line).with_context(|| format!("daemon answered {line:?}"))?;
+    Ok((v["ok"] == true, line))
+}

@@ -1,0 +1,108 @@
+//! Prometheus metrics of the daemon.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of a checkpoint: why it ran and how it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Run {
+    /// `interval` or `flush`.
+    pub kind: String,
+    /// `ok` or `error`.
+    pub result: String,
+}
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    pub checkpoints: Family<Run, Counter>,
+    pub duration: Histogram,
+    pub last_success: Gauge<f64, AtomicU64>,
+    pub bytes_read: Counter,
+    pub bytes_uploaded: Counter,
+    pub bytes_deduplicated: Counter,
+    pub files_read: Counter,
+    pub files: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("cairn");
+        let checkpoints = Family::<Run, Counter>::default();
+        let duration = Histogram::new([0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]);
+        let last_success = Gauge::<f64, AtomicU64>::default();
+        let (bytes_read, bytes_uploaded, bytes_deduplicated, files_read) = (
+            Counter::default(),
+            Counter::default(),
+            Counter::default(),
+            Counter::default(),
+        );
+        let files = Gauge::default();
+        registry.register(
+            "checkpoints",
+            "Checkpoints taken, by kind and result",
+            checkpoints.clone(),
+        );
+        registry.register(
+            "checkpoint_duration_seconds",
+            "Wall time of checkpoints",
+            duration.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last checkpoint that sealed a snapshot",
+            last_success.clone(),
+        );
+        registry.register(
+            "read_bytes",
+            "Bytes read from the workspace by checkpoints",
+            bytes_read.clone(),
+        );
+        registry.register(
+            "uploaded_bytes",
+            "Bytes uploaded to the store",
+            bytes_uploaded.clone(),
+        );
+        registry.register(
+            "deduplicated_bytes",
+            "Bytes read that the store already held",
+            bytes_deduplicated.clone(),
+        );
+        registry.register(
+            "read_files",
+            "Files read (changed since the last checkpoint)",
+            files_read.clone(),
+        );
+        registry.register(
+            "workspace_files",
+            "Files in the workspace at the last checkpoint",
+            files.clone(),
+        );
+        Metrics {
+            registry,
+            checkpoints,
+            duration,
+            last_success,
+            bytes_read,
+            bytes_uploaded,
+            bytes_deduplicated,
+            files_read,
+            files,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
