@@ -40,8 +40,9 @@ use crate::{Error, Result, RESTORE_MARKER};
 const FETCH_CONCURRENCY: usize = 8;
 /// Blobs closer than this in a pack are fetched in one read (the gap is read and discarded).
 const COALESCE_GAP: u64 = 256 << 10;
-/// Largest single read; larger runs are split so that work spreads across threads.
-const MAX_READ: u64 = 1 << 20;
+// The largest single read comes from the store (`Store::read_size`): 1 MiB locally, where a
+// request costs nothing and smaller runs spread decoding across threads; 4 MiB on S3 and GCS,
+// where each request has a price and a first-byte latency.
 
 /// Where and how to restore.
 #[derive(Clone, Debug)]
@@ -183,10 +184,11 @@ pub async fn restore_with_trees(
     .map_err(|e| Error::Invalid(format!("restore worker panicked: {e}")))??;
 
     // Fetch, verify and write content.
+    let max_read = repo.store().read_size();
     let mut jobs = Vec::new();
     for (pack, needs) in &plan.needs {
         let kind = trees.locations().get(&needs[0].entry.id)?.kind;
-        for run in coalesce(needs) {
+        for run in coalesce(needs, max_read) {
             jobs.push((*pack, kind, run));
         }
     }
@@ -395,9 +397,9 @@ struct Run {
 }
 
 /// Groups the needs of one pack into read runs: blobs sorted by offset, neighbours closer than
-/// [`COALESCE_GAP`] merged, runs capped at [`MAX_READ`]. A blob needed at several offsets is
+/// [`COALESCE_GAP`] merged, runs capped at `max_read` bytes. A blob needed at several offsets is
 /// fetched and verified once.
-fn coalesce(needs: &[Need]) -> Vec<Run> {
+fn coalesce(needs: &[Need], max_read: u64) -> Vec<Run> {
     let mut by_blob: HashMap<u64, (PackEntry, Vec<(usize, u64)>)> = HashMap::new();
     for n in needs {
         by_blob
@@ -412,7 +414,7 @@ fn coalesce(needs: &[Need]) -> Vec<Run> {
     for (e, targets) in blobs {
         let r = e.range();
         match runs.last_mut() {
-            Some(run) if r.start <= run.range.end + COALESCE_GAP && r.end - run.range.start <= MAX_READ => {
+            Some(run) if r.start <= run.range.end + COALESCE_GAP && r.end - run.range.start <= max_read => {
                 run.range.end = run.range.end.max(r.end);
                 run.needs.push((e, targets));
             }

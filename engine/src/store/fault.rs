@@ -239,6 +239,10 @@ impl Store for FaultStore {
     fn location(&self) -> String {
         self.inner.location()
     }
+
+    fn read_size(&self) -> u64 {
+        self.inner.read_size()
+    }
 }
 
 #[cfg(test)]

@@ -365,6 +365,10 @@ impl Store for GcsStore {
         }
     }
 
+    fn read_size(&self) -> u64 {
+        4 << 20
+    }
+
     fn location(&self) -> String {
         format!("gs://{}/{}", self.bucket, self.prefix.trim_end_matches('/'))
             .trim_end_matches('/')

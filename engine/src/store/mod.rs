@@ -101,6 +101,12 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Where this store is, for messages (never includes credentials).
     fn location(&self) -> String;
+
+    /// Bytes a restore should ask for in one ranged read: small where requests are free, larger
+    /// where each has a price and a first-byte latency.
+    fn read_size(&self) -> u64 {
+        1 << 20
+    }
 }
 
 /// Conveniences on top of [`Store`].

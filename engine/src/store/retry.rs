@@ -213,4 +213,8 @@ impl Store for RetryStore {
     fn location(&self) -> String {
         self.inner.location()
     }
+
+    fn read_size(&self) -> u64 {
+        self.inner.read_size()
+    }
 }

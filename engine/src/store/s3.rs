@@ -443,6 +443,10 @@ impl Store for S3Store {
         }
     }
 
+    fn read_size(&self) -> u64 {
+        4 << 20
+    }
+
     fn location(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.prefix.trim_end_matches('/'))
             .trim_end_matches('/')
