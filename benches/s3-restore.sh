@@ -2,7 +2,9 @@
 # Restore from object storage with latency, in one run on the same corpus workspace:
 #   Cairn from the local store;
 #   Cairn from a local S3 server (moto) with 20 ms added to every request;
-#   restic from the same S3 server with the same 20 ms.
+#   restic from the same S3 server with the same 20 ms;
+#   Cairn from the S3 server directly, and with the 20 ms injected in-process (CAIRN_FAULTS), which
+#   shows the latency cost without the proxy's CPU (restic has no such knob).
 # The latency comes from benches/latency_proxy.py, which delays every request on its way to the
 # server, so both tools see the same network. Each restore starts with an empty local cache, as a
 # new pod does, and is checked with `diff -r` (not timed). Targets are on tmpfs (/dev/shm), so the
@@ -100,6 +102,8 @@ for round in $(seq "$rounds"); do
     restore latest --target "$shm/c"
   measure "cairn, S3 direct (no added latency)" -- env AWS_ENDPOINT_URL="$direct" CAIRN_STORE=s3://cairn-bench/repo \
     CAIRN_CACHE_DIR="$work/cache-$n-d" "$cairn" restore "$shm/d"
+  measure "cairn, S3 + ${delay_ms} ms/request in-process" -- env AWS_ENDPOINT_URL="$direct" CAIRN_STORE=s3://cairn-bench/repo \
+    CAIRN_FAULTS="latency=${delay_ms}ms" CAIRN_CACHE_DIR="$work/cache-$n-e" "$cairn" restore "$shm/e"
 done
 
 if [ "$write" = "--write" ]; then
