@@ -407,3 +407,100 @@ async fn corpus_workspace_round_trips_through_gcs() {
     let (gcs, _) = gcs_store_on(gcs_server(), "corpus", GcsOptions::default()).await;
     corpus_through(gcs, "GCS").await;
 }
+
+/// A real store that records how many requests are inside it at once.
+#[derive(Debug)]
+struct Counting {
+    inner: LocalStore,
+    now: std::sync::atomic::AtomicUsize,
+    max: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Store for Counting {
+    async fn put(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+        mode: PutMode,
+    ) -> cairn_engine::Result<cairn_engine::Version> {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(n, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let r = self.inner.put(key, data, mode).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+    async fn get(&self, key: &str) -> cairn_engine::Result<cairn_engine::GetResult> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> cairn_engine::Result<bytes::Bytes> {
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &str) -> cairn_engine::Result<cairn_engine::ObjectMeta> {
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> cairn_engine::Result<Vec<cairn_engine::ObjectMeta>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> cairn_engine::Result<()> {
+        self.inner.delete(key).await
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_layer_bounds_requests_in_flight_and_times_out_hung_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counting = Arc::new(Counting {
+        inner: LocalStore::new(dir.path()),
+        now: Default::default(),
+        max: Default::default(),
+    });
+    let store = Arc::new(RetryStore::new(
+        counting.clone(),
+        RetryPolicy {
+            max_in_flight: 3,
+            ..fast_retries(2)
+        },
+    ));
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let s = store.clone();
+            tokio::spawn(async move { s.put_immutable(&format!("k/{i}"), vec![i as u8; 10].into()).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task").expect("put");
+    }
+    assert_eq!(
+        counting.max.load(Ordering::SeqCst),
+        3,
+        "never more than 3 requests in flight"
+    );
+
+    // A request that hangs past its deadline is abandoned and retried, then reported.
+    let hung = Arc::new(RetryStore::new(
+        Arc::new(FaultStore::new(
+            Arc::new(LocalStore::new(dir.path())),
+            "latency=300ms".parse().expect("plan"),
+        )),
+        RetryPolicy {
+            request_timeout: Duration::from_millis(50),
+            ..fast_retries(2)
+        },
+    ));
+    let started = std::time::Instant::now();
+    let err = hung.get("k/1").await.expect_err("deadline");
+    assert!(
+        err.to_string().contains("no answer within 50ms") && err.to_string().contains("gave up after 2"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(290),
+        "abandoned at the deadline, not after the 300 ms"
+    );
+    assert_eq!(hung.stats().retries.load(Ordering::Relaxed), 1);
+}
