@@ -295,9 +295,6 @@ fn bucket_and_prefix<'a>(location: &str, rest: &'a str) -> Result<(&'a str, Stri
 /// [`Error::Invalid`] naming the condition the store ignored; store errors as they come.
 pub async fn check_conditional_writes(store: &dyn Store) -> Result<()> {
     let key = format!("probe/conditional-writes-{:016x}", rand::random::<u64>());
-    let v1 = store
-        .put(&key, Bytes::from_static(b"probe 1"), PutMode::Create)
-        .await?;
     let refuse = |what: &str| {
         Error::Invalid(format!(
             "{}: the store ignored {what}. Cairn needs conditional writes (S3: If-None-Match and \
@@ -306,34 +303,39 @@ pub async fn check_conditional_writes(store: &dyn Store) -> Result<()> {
             store.location()
         ))
     };
-    let created_twice = store
-        .put(&key, Bytes::from_static(b"probe 2"), PutMode::Create)
-        .await;
-    let stale = Version(format!("{}-stale", v1.0));
-    let swapped_stale = store
-        .put(&key, Bytes::from_static(b"probe 3"), PutMode::Update(stale))
-        .await;
-    let swapped = store
-        .put(&key, Bytes::from_static(b"probe 4"), PutMode::Update(v1))
-        .await;
-    let _ = store.delete(&key).await;
-    match created_twice {
-        Err(Error::AlreadyExists { .. }) => {}
-        Ok(_) => {
-            return Err(refuse(
-                "a create-only write (If-None-Match: * / ifGenerationMatch=0)",
-            ))
+    let outcome = async {
+        let v1 = store
+            .put(&key, Bytes::from_static(b"probe 1"), PutMode::Create)
+            .await?;
+        match store
+            .put(&key, Bytes::from_static(b"probe 2"), PutMode::Create)
+            .await
+        {
+            Err(Error::AlreadyExists { .. }) => {}
+            Ok(_) => {
+                return Err(refuse(
+                    "a create-only write (If-None-Match: * / ifGenerationMatch=0)",
+                ))
+            }
+            Err(e) => return Err(e),
         }
-        Err(e) => return Err(e),
-    }
-    match swapped_stale {
-        Err(Error::Conflict { .. }) => {}
-        Ok(_) => {
-            return Err(refuse(
+        // Swap from the version read, then again from that same (now stale, but well formed)
+        // version: the second must lose.
+        store
+            .put(&key, Bytes::from_static(b"probe 3"), PutMode::Update(v1.clone()))
+            .await?;
+        match store
+            .put(&key, Bytes::from_static(b"probe 4"), PutMode::Update(v1))
+            .await
+        {
+            Err(Error::Conflict { .. }) => Ok(()),
+            Ok(_) => Err(refuse(
                 "a compare-and-swap write with a stale version (If-Match / ifGenerationMatch)",
-            ))
+            )),
+            Err(e) => Err(e),
         }
-        Err(e) => return Err(e),
     }
-    swapped.map(|_| ())
+    .await;
+    let _ = store.delete(&key).await;
+    outcome
 }
