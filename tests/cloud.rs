@@ -504,3 +504,34 @@ async fn the_retry_layer_bounds_requests_in_flight_and_times_out_hung_ones() {
     );
     assert_eq!(hung.stats().retries.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn initctl_works_on_gs_urls_through_the_emulator() {
+    let server = gcs_server();
+    let bucket = bucket_name();
+    create_bucket(server, &bucket);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    build_everything_tree(&src, 9);
+    let (url, cache, host) = (
+        format!("gs://{bucket}/repo"),
+        dir.path().join("cache").display().to_string(),
+        format!("127.0.0.1:{}", server.port),
+    );
+    let env = [
+        ("CAIRN_STORE", url.as_str()),
+        ("CAIRN_CACHE_DIR", cache.as_str()),
+        ("STORAGE_EMULATOR_HOST", host.as_str()),
+        ("CAIRN_WORKSPACE", "w"),
+    ];
+    for args in [vec!["init"], vec!["backup", src.to_str().expect("utf-8")]] {
+        let o = initctl(&args, &env);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    }
+    let out = dir.path().join("out");
+    let o = initctl(&["restore", out.to_str().expect("utf-8")], &env);
+    assert!(o.status.success(), "restore: {}", stderr(&o));
+    assert_same_tree(&src, &out);
+    let o = initctl(&["drill"], &env);
+    assert!(o.status.success(), "drill: {}", stderr(&o));
+}
