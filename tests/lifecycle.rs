@@ -157,7 +157,32 @@ fn json_line(o: &Output) -> serde_json::Value {
 #[test]
 fn sigterm_takes_a_final_checkpoint_that_the_next_pod_restores() {
     let mut pod = Pod::new();
-    pod.start(&["--interval", "0", "--log-format", "json"]);
+    pod.start(&[
+        "--interval",
+        "0",
+        "--log-format",
+        "json",
+        "--host",
+        "pod-a",
+        "--heartbeat-interval",
+        "100ms",
+    ]);
+    let env = pod.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = initctl(&["heartbeats", "--workspace", "agent"], &env);
+        if stdout(&o).contains("pod-a") && stdout(&o).contains("running") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat: {} {}",
+            stdout(&o),
+            stderr(&o)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(http_get(pod.port, "/healthz").0, 200);
     // The agent works: edits after the sidecar started.
     write(
@@ -170,6 +195,14 @@ fn sigterm_takes_a_final_checkpoint_that_the_next_pod_restores() {
     let v = json_line(&o);
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["kind"], "flush");
+    // The last heartbeat says the pod stopped after sealing that snapshot.
+    let env = pod.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = initctl(&["heartbeats", "--json"], &env);
+    let hb: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(hb[0]["host"], "pod-a", "{hb}");
+    assert_eq!(hb[0]["state"], "stopped", "{hb}");
+    assert_eq!(hb[0]["last_snapshot"], v["snapshot"], "{hb}");
     // Structured logs: every stderr line is a JSON object.
     for line in stderr(&o).lines() {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("log line {line:?}: {e}"));

@@ -81,6 +81,8 @@ enum Command {
     Drill(cmd::drill::DrillArgs),
     /// Verify the repository's structure (and with --read-data, every byte).
     Check(cmd::check::CheckArgs),
+    /// List the heartbeats of running (and stopped) sidecars.
+    Heartbeats(cmd::heartbeats::HeartbeatsArgs),
 }
 
 fn main() -> ExitCode {
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
             Command::Snapshots(a) => cmd::snapshots::run(&g, a).await,
             Command::Drill(a) => cmd::drill::run(&g, a).await,
             Command::Check(a) => cmd::check::run(&g, a).await,
+            Command::Heartbeats(a) => cmd::heartbeats::run(&g, a).await,
         }
     });
     match result {

@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, Context};
-use cairn_engine::{backup, default_cache_dir, open_store, BackupOptions, Error, Progress, Repo};
+use cairn_engine::{
+    backup, default_cache_dir, open_store, unix_now, BackupOptions, Error, Heartbeat, HeartbeatWriter,
+    Progress, Repo,
+};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use rand::Rng;
 use serde_json::json;
@@ -59,6 +62,10 @@ pub struct Daemon {
     pub metrics: Metrics,
     running: Mutex<Option<Running>>,
     next_id: AtomicU64,
+    host: String,
+    started: u64,
+    /// The last sealed snapshot and when, for heartbeats.
+    last: Mutex<Option<(String, u64)>>,
 }
 
 impl Daemon {
@@ -169,6 +176,9 @@ impl Daemon {
                     .map(|d| d.as_secs_f64())
                     .unwrap_or(0.0);
                 self.metrics.last_success.set(now);
+                if let Ok(mut last) = self.last.lock() {
+                    *last = Some((r.snapshot.to_hex(), unix_now()));
+                }
                 self.metrics.bytes_read.inc_by(s.bytes_read);
                 self.metrics.bytes_uploaded.inc_by(s.uploaded_bytes);
                 self.metrics
@@ -230,7 +240,7 @@ impl Daemon {
             source: self.args.source.clone(),
             cache_dir: self.args.cache_dir.clone().unwrap_or_else(default_cache_dir),
             tags: vec![],
-            host: std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()),
+            host: Some(self.host.clone()),
         };
         let result = backup(repo, &opts, Arc::new(Progress::default())).await;
         if let Some(cmd) = &self.args.post_hook {
@@ -239,6 +249,24 @@ impl Daemon {
             }
         }
         Ok(result?)
+    }
+
+    /// Writes a heartbeat; failures are logged, never fatal.
+    async fn beat(&self, writer: &HeartbeatWriter, state: &str) {
+        let Some(repo) = self.repo.get() else { return };
+        let last = self.last.lock().ok().and_then(|l| l.clone());
+        let hb = Heartbeat {
+            workspace: self.args.workspace.clone(),
+            host: self.host.clone(),
+            state: state.into(),
+            started: self.started,
+            time: unix_now(),
+            last_snapshot: last.as_ref().map(|l| l.0.clone()),
+            last_success: last.map(|l| l.1),
+        };
+        if let Err(e) = writer.beat(repo.store().as_ref(), &hb).await {
+            tracing::warn!(error = %e, "heartbeat not written");
+        }
     }
 
     /// The final checkpoint, joining one in progress.
@@ -274,6 +302,13 @@ async fn run_hook(which: &str, cmd: &str, workspace: &str) -> anyhow::Result<()>
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let host = args
+        .host
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sidecar".into());
+    let heartbeat = HeartbeatWriter::new(&args.workspace, &host).context("--host")?;
     let d = Arc::new(Daemon {
         args: args.clone(),
         repo: OnceCell::new(),
@@ -281,6 +316,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: Metrics::new(),
         running: Mutex::new(None),
         next_id: AtomicU64::new(0),
+        host,
+        started: unix_now(),
+        last: Mutex::new(None),
     });
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -311,6 +349,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ = int.recv() => return Ok(()),
     }
 
+    let heartbeat = Arc::new(heartbeat);
+    let every = args.heartbeat_interval;
+    if !every.is_zero() {
+        let (d, hb) = (d.clone(), heartbeat.clone());
+        tokio::spawn(async move {
+            loop {
+                d.beat(&hb, "running").await;
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
     loop {
         let wait = d.next_wait();
         tokio::select! {
@@ -324,6 +374,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let out = d.flush().await;
     let _ = std::fs::remove_file(&args.control_socket);
+    d.beat(&heartbeat, if out.0 { "stopped" } else { "stopped-unflushed" })
+        .await;
     println!("{}", out.1);
     if out.0 {
         Ok(())

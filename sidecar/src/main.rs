@@ -74,6 +74,12 @@ pub struct RunArgs {
     /// Shell command run after each checkpoint, whatever its outcome.
     #[arg(long, env = "CAIRN_POST_HOOK")]
     pub post_hook: Option<String>,
+    /// Time between heartbeats (`heartbeats/<workspace>/<host>` in the store); 0 turns them off.
+    #[arg(long, env = "CAIRN_HEARTBEAT_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// This pod's name in heartbeats and snapshots (default: $HOSTNAME, the pod name).
+    #[arg(long, env = "CAIRN_HOST")]
+    pub host: Option<String>,
     /// Log format on stderr: json (for pods) or text.
     #[arg(long, env = "CAIRN_LOG_FORMAT", default_value = "json")]
     pub log_format: String,

@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod check;
 pub mod drill;
+pub mod heartbeats;
 pub mod init;
 pub mod restore;
 pub mod snapshots;
