@@ -128,17 +128,28 @@ fn exit_codes_for_bad_input() {
     let o = c.run(&["init"]);
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("already exists"));
-    // Unknown workspace: 1, named.
+    // A snapshot of an unknown workspace: 1, named. (Its latest is an empty start: see
+    // init_container_restore_is_idempotent_and_starts_from_a_base_or_empty.)
     let o = c.run(&[
         "restore",
         "--workspace",
         "ghost",
+        "--snapshot",
+        "abcd",
         &c.path("x").display().to_string(),
     ]);
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("ghost"), "{}", stderr(&o));
     // JSON errors are JSON.
-    let o = c.run(&["restore", "--json", "--workspace", "ghost", "/tmp/x"]);
+    let o = c.run(&[
+        "restore",
+        "--json",
+        "--workspace",
+        "ghost",
+        "--snapshot",
+        "abcd",
+        "/tmp/x",
+    ]);
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json error");
     assert!(v["error"].as_str().expect("message").contains("ghost"));
     assert_eq!(v["exit_code"], 1);
@@ -298,4 +309,81 @@ fn boolean_variables_accept_1_and_true() {
         let list: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json");
         assert_eq!(list, serde_json::json!([]));
     }
+}
+
+#[test]
+fn init_container_restore_is_idempotent_and_starts_from_a_base_or_empty() {
+    let c = Cli::new();
+    c.ok(&["init"]);
+    let base_src = c.path("base-src");
+    build_everything_tree(&base_src, 31);
+    let base_id = c.ok(&["backup", "--workspace", "base", &base_src.display().to_string()]);
+
+    // A new workspace without --base starts empty, and says so.
+    let empty = c.path("empty-ws");
+    let o = c.run(&[
+        "restore",
+        "--workspace",
+        "fresh",
+        "--json",
+        &empty.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(v["action"], "empty", "{v}");
+    assert!(std::fs::read_dir(&empty).expect("created").next().is_none());
+
+    // With --base it starts from the base workspace's latest snapshot.
+    let forked = c.path("forked-ws");
+    let o = c.run(&[
+        "restore",
+        "--workspace",
+        "fresh",
+        "--base",
+        "base",
+        "--json",
+        &forked.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(
+        (v["action"].as_str(), v["snapshot"].as_str()),
+        (Some("restore"), Some(base_id.trim())),
+        "{v}"
+    );
+    assert_same_tree(&base_src, &forked);
+    let bad = c.run(&[
+        "restore",
+        "--workspace",
+        "fresh",
+        "--base",
+        "nope@abcd",
+        &c.path("x").display().to_string(),
+    ]);
+    assert!(
+        !bad.status.success() && stderr(&bad).contains("--base nope@abcd"),
+        "{}",
+        stderr(&bad)
+    );
+
+    // Re-running on a volume that holds the latest snapshot does nothing.
+    let out = c.path("ws");
+    c.ok(&["restore", "--workspace", "base", &out.display().to_string()]);
+    write(&out.join("scratch-note"), b"made by the agent");
+    let o = c.run(&[
+        "restore",
+        "--workspace",
+        "base",
+        "--json",
+        &out.display().to_string(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(v["action"], "none", "{v}");
+    assert_eq!(
+        std::fs::read(out.join("scratch-note")).expect("kept"),
+        b"made by the agent"
+    );
+    make_writable(&base_src);
+    make_writable(&forked);
+    make_writable(&out);
 }
