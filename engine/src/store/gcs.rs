@@ -26,7 +26,7 @@ use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadTy
 use gcloud_storage::http::resumable_upload_client::{ChunkSize, UploadStatus};
 use gcloud_storage::http::Error as GcsError;
 
-use super::{GetResult, ObjectMeta, PutMode, Store, Version};
+use super::{body_error, check_range_len, BucketPath, GetResult, ObjectMeta, PutMode, Store, Version};
 use crate::{Error, Result};
 
 /// Tuning for a [`GcsStore`].
@@ -58,8 +58,7 @@ impl Default for GcsOptions {
 #[derive(Clone)]
 pub struct GcsStore {
     client: Client,
-    bucket: String,
-    prefix: String,
+    at: BucketPath,
     endpoint: Option<String>,
     opts: GcsOptions,
 }
@@ -67,8 +66,7 @@ pub struct GcsStore {
 impl std::fmt::Debug for GcsStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GcsStore")
-            .field("bucket", &self.bucket)
-            .field("prefix", &self.prefix)
+            .field("at", &self.at)
             .field("endpoint", &self.endpoint)
             .finish_non_exhaustive()
     }
@@ -119,22 +117,29 @@ impl GcsStore {
         };
         Ok(GcsStore {
             client: Client::new(config),
-            bucket: bucket.to_string(),
-            prefix: prefix.to_string(),
+            at: BucketPath {
+                bucket: bucket.to_string(),
+                prefix: prefix.to_string(),
+            },
             endpoint: emulator,
             opts,
         })
     }
 
-    fn full(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+    /// A request naming the object of `key`.
+    fn object_request(&self, key: &str) -> GetObjectRequest {
+        GetObjectRequest {
+            bucket: self.at.bucket.clone(),
+            object: self.at.object(key),
+            ..Default::default()
+        }
     }
 
     fn map_err(&self, key: &str, op: &str, e: GcsError, put: Option<&PutMode>) -> Error {
         let key_s = key.to_string();
         let store_err = |detail: String, retryable: bool| Error::Store {
             key: key_s.clone(),
-            detail: format!("GCS {op} on gs://{}/{}: {detail}", self.bucket, self.full(key)),
+            detail: format!("GCS {op} on {}: {detail}", self.at.object_url("gs", key)),
             retryable,
         };
         let status = match &e {
@@ -227,9 +232,9 @@ impl GcsStore {
 #[async_trait]
 impl Store for GcsStore {
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<Version> {
-        let full = self.full(key);
+        let full = self.at.object(key);
         let req = UploadObjectRequest {
-            bucket: self.bucket.clone(),
+            bucket: self.at.bucket.clone(),
             if_generation_match: Some(Self::generation(&mode, key)?),
             ..Default::default()
         };
@@ -248,11 +253,7 @@ impl Store for GcsStore {
     }
 
     async fn get(&self, key: &str) -> Result<GetResult> {
-        let mut req = GetObjectRequest {
-            bucket: self.bucket.clone(),
-            object: self.full(key),
-            ..Default::default()
-        };
+        let mut req = self.object_request(key);
         let meta = self
             .client
             .get_object(&req)
@@ -265,11 +266,10 @@ impl Store for GcsStore {
             .await
             .map_err(|e| self.map_err(key, "get", e, None))?;
         if u64::try_from(meta.size).ok() != Some(data.len() as u64) {
-            return Err(Error::Store {
-                key: key.to_string(),
-                detail: format!("short body: {} of {} bytes", data.len(), meta.size),
-                retryable: true,
-            });
+            return Err(body_error(
+                key,
+                format!("short body: {} of {} bytes", data.len(), meta.size),
+            ));
         }
         Ok(GetResult {
             data: Bytes::from(data),
@@ -282,32 +282,18 @@ impl Store for GcsStore {
             self.head(key).await?;
             return Ok(Bytes::new());
         }
-        let req = GetObjectRequest {
-            bucket: self.bucket.clone(),
-            object: self.full(key),
-            ..Default::default()
-        };
+        let req = self.object_request(key);
         let data = self
             .client
             .download_object(&req, &GcsRange(Some(range.start), Some(range.end - 1)))
             .await
             .map_err(|e| self.map_err(key, "get range", e, None))?;
-        let want = range.end - range.start;
-        if data.len() as u64 != want {
-            return Err(Error::Corrupt {
-                object: key.to_string(),
-                detail: format!("range {range:?} returned {} of {want} bytes", data.len()),
-            });
-        }
+        check_range_len(key, &range, data.len())?;
         Ok(Bytes::from(data))
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
-        let req = GetObjectRequest {
-            bucket: self.bucket.clone(),
-            object: self.full(key),
-            ..Default::default()
-        };
+        let req = self.object_request(key);
         let meta = self
             .client
             .get_object(&req)
@@ -322,8 +308,8 @@ impl Store for GcsStore {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         let mut out = Vec::new();
         let mut req = ListObjectsRequest {
-            bucket: self.bucket.clone(),
-            prefix: Some(self.full(prefix)),
+            bucket: self.at.bucket.clone(),
+            prefix: Some(self.at.object(prefix)),
             max_results: Some(self.opts.list_page_size),
             ..Default::default()
         };
@@ -334,7 +320,7 @@ impl Store for GcsStore {
                 .await
                 .map_err(|e| self.map_err(prefix, "list", e, None))?;
             for o in page.items.unwrap_or_default() {
-                if let Some(k) = o.name.strip_prefix(&self.prefix) {
+                if let Some(k) = self.at.relative(&o.name) {
                     out.push(ObjectMeta {
                         key: k.to_string(),
                         size: u64::try_from(o.size).unwrap_or(0),
@@ -352,8 +338,8 @@ impl Store for GcsStore {
 
     async fn delete(&self, key: &str) -> Result<()> {
         let req = DeleteObjectRequest {
-            bucket: self.bucket.clone(),
-            object: self.full(key),
+            bucket: self.at.bucket.clone(),
+            object: self.at.object(key),
             ..Default::default()
         };
         match self.client.delete_object(&req).await {
@@ -370,8 +356,6 @@ impl Store for GcsStore {
     }
 
     fn location(&self) -> String {
-        format!("gs://{}/{}", self.bucket, self.prefix.trim_end_matches('/'))
-            .trim_end_matches('/')
-            .to_string()
+        self.at.url("gs")
     }
 }

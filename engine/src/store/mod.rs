@@ -139,6 +139,60 @@ pub trait StoreExt: Store {
 
 impl<S: Store + ?Sized> StoreExt for S {}
 
+/// Where a cloud store's keys live: a bucket and a key prefix (empty, or ending in `/`).
+#[derive(Clone, Debug)]
+pub(crate) struct BucketPath {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+impl BucketPath {
+    /// The object name of a store key.
+    pub fn object(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// The store key of a listed object name, if it lies under the prefix.
+    pub fn relative<'a>(&self, name: &'a str) -> Option<&'a str> {
+        name.strip_prefix(self.prefix.as_str())
+    }
+
+    /// `scheme://bucket/prefix`, without a trailing slash: the store's location.
+    pub fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://{}/{}", self.bucket, self.prefix.trim_end_matches('/'))
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// `scheme://bucket/object` of a store key, for messages.
+    pub fn object_url(&self, scheme: &str, key: &str) -> String {
+        format!("{scheme}://{}/{}", self.bucket, self.object(key))
+    }
+}
+
+/// A ranged read that came back with fewer bytes than asked for although the server answered:
+/// the object is shorter than the range.
+pub(crate) fn check_range_len(key: &str, range: &Range<u64>, got: usize) -> Result<()> {
+    let want = range.end - range.start;
+    if got as u64 == want {
+        return Ok(());
+    }
+    Err(Error::Corrupt {
+        object: key.to_string(),
+        detail: format!("range {range:?} returned {got} of {want} bytes"),
+    })
+}
+
+/// A body that broke off or ended before its announced length: the connection dropped, so the
+/// request may be repeated.
+pub(crate) fn body_error(key: &str, detail: String) -> Error {
+    Error::Store {
+        key: key.to_string(),
+        detail,
+        retryable: true,
+    }
+}
+
 /// How [`open_store_with`] builds a store: backend tuning, retries, and injected faults.
 #[derive(Clone, Debug, Default)]
 pub struct StoreOptions {
@@ -165,13 +219,16 @@ impl StoreOptions {
         let mut o = StoreOptions::default();
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let bad = |name: &str, v: &str, want: &str| Error::Invalid(format!("{name}={v:?}: expected {want}"));
-        if let Some(v) = var("CAIRN_STORE_RETRIES") {
-            o.retry.attempts = v
-                .trim()
-                .parse::<u32>()
+        let at_least_1 = |name: &str, v: &str, want: &str| {
+            v.trim()
+                .parse::<usize>()
                 .ok()
                 .filter(|n| *n >= 1)
-                .ok_or_else(|| bad("CAIRN_STORE_RETRIES", &v, "a number of attempts, at least 1"))?;
+                .ok_or_else(|| bad(name, v, want))
+        };
+        if let Some(v) = var("CAIRN_STORE_RETRIES") {
+            let n = at_least_1("CAIRN_STORE_RETRIES", &v, "a number of attempts, at least 1")?;
+            o.retry.attempts = u32::try_from(n).unwrap_or(u32::MAX);
         }
         if let Some(v) = var("CAIRN_STORE_TIMEOUT") {
             o.retry.request_timeout = parse_duration(&v)
@@ -179,12 +236,7 @@ impl StoreOptions {
                 .ok_or_else(|| bad("CAIRN_STORE_TIMEOUT", &v, "a duration like 30s"))?;
         }
         if let Some(v) = var("CAIRN_STORE_MAX_REQUESTS") {
-            o.retry.max_in_flight = v
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| bad("CAIRN_STORE_MAX_REQUESTS", &v, "a number, at least 1"))?;
+            o.retry.max_in_flight = at_least_1("CAIRN_STORE_MAX_REQUESTS", &v, "a number, at least 1")?;
         }
         if let Some(v) = var("CAIRN_FAULTS") {
             o.faults = Some(v.parse()?);

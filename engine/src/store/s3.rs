@@ -26,7 +26,7 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use futures::stream::{StreamExt, TryStreamExt};
 
-use super::{GetResult, ObjectMeta, PutMode, Store, Version};
+use super::{body_error, check_range_len, BucketPath, GetResult, ObjectMeta, PutMode, Store, Version};
 use crate::{Error, Result};
 
 /// Tuning for an [`S3Store`].
@@ -68,8 +68,7 @@ impl Default for S3Options {
 #[derive(Clone)]
 pub struct S3Store {
     client: Client,
-    bucket: String,
-    prefix: String,
+    at: BucketPath,
     endpoint: Option<String>,
     opts: S3Options,
 }
@@ -77,8 +76,7 @@ pub struct S3Store {
 impl std::fmt::Debug for S3Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("S3Store")
-            .field("bucket", &self.bucket)
-            .field("prefix", &self.prefix)
+            .field("at", &self.at)
             .field("endpoint", &self.endpoint)
             .finish_non_exhaustive()
     }
@@ -121,22 +119,20 @@ impl S3Store {
         }
         Ok(S3Store {
             client: Client::from_conf(conf.build()),
-            bucket: bucket.to_string(),
-            prefix: prefix.to_string(),
+            at: BucketPath {
+                bucket: bucket.to_string(),
+                prefix: prefix.to_string(),
+            },
             endpoint,
             opts,
         })
-    }
-
-    fn full(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
     }
 
     async fn put_multipart(&self, key: &str, full: &str, data: Bytes, mode: &PutMode) -> Result<Version> {
         let created = self
             .client
             .create_multipart_upload()
-            .bucket(&self.bucket)
+            .bucket(&self.at.bucket)
             .key(full)
             .send()
             .await
@@ -154,7 +150,7 @@ impl S3Store {
                         let out = self
                             .client
                             .upload_part()
-                            .bucket(&self.bucket)
+                            .bucket(&self.at.bucket)
                             .key(full)
                             .upload_id(upload_id)
                             .part_number(number)
@@ -176,7 +172,7 @@ impl S3Store {
             let mut req = self
                 .client
                 .complete_multipart_upload()
-                .bucket(&self.bucket)
+                .bucket(&self.at.bucket)
                 .key(full)
                 .upload_id(&upload_id)
                 .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
@@ -196,7 +192,7 @@ impl S3Store {
             let _ = self
                 .client
                 .abort_multipart_upload()
-                .bucket(&self.bucket)
+                .bucket(&self.at.bucket)
                 .key(full)
                 .upload_id(&upload_id)
                 .send()
@@ -219,7 +215,7 @@ impl S3Store {
         let key_s = key.to_string();
         let store_err = |detail: String, retryable: bool| Error::Store {
             key: key_s.clone(),
-            detail: format!("S3 {op} on s3://{}/{}: {detail}", self.bucket, self.full(key)),
+            detail: format!("S3 {op} on {}: {detail}", self.at.object_url("s3", key)),
             retryable,
         };
         match &e {
@@ -286,19 +282,10 @@ fn validate_bucket(bucket: &str) -> Result<()> {
     }
 }
 
-fn body_err(key: &str, detail: String) -> Error {
-    // A body cut short or failing mid-stream: the connection dropped, so try again.
-    Error::Store {
-        key: key.to_string(),
-        detail,
-        retryable: true,
-    }
-}
-
 #[async_trait]
 impl Store for S3Store {
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<Version> {
-        let full = self.full(key);
+        let full = self.at.object(key);
         // Only content-addressed objects are large; compare-and-swap objects (heads) are small and
         // always go up in one request (S3 takes up to 5 GiB), where every S3-compatible server
         // honours If-Match (moto, for one, ignores it on CompleteMultipartUpload).
@@ -308,7 +295,7 @@ impl Store for S3Store {
         let mut req = self
             .client
             .put_object()
-            .bucket(&self.bucket)
+            .bucket(&self.at.bucket)
             .key(&full)
             .body(ByteStream::from(data));
         req = match &mode {
@@ -326,8 +313,8 @@ impl Store for S3Store {
         let out = self
             .client
             .get_object()
-            .bucket(&self.bucket)
-            .key(self.full(key))
+            .bucket(&self.at.bucket)
+            .key(self.at.object(key))
             .send()
             .await
             .map_err(|e| self.map_err(key, "get", e, None))?;
@@ -337,11 +324,14 @@ impl Store for S3Store {
             .body
             .collect()
             .await
-            .map_err(|e| body_err(key, format!("reading the body: {e}")))?
+            .map_err(|e| body_error(key, format!("reading the body: {e}")))?
             .into_bytes();
         if let Some(n) = expected {
             if u64::try_from(n).ok() != Some(data.len() as u64) {
-                return Err(body_err(key, format!("short body: {} of {n} bytes", data.len())));
+                return Err(body_error(
+                    key,
+                    format!("short body: {} of {n} bytes", data.len()),
+                ));
             }
         }
         Ok(GetResult { data, version })
@@ -355,8 +345,8 @@ impl Store for S3Store {
         let out = self
             .client
             .get_object()
-            .bucket(&self.bucket)
-            .key(self.full(key))
+            .bucket(&self.at.bucket)
+            .key(self.at.object(key))
             .range(format!("bytes={}-{}", range.start, range.end - 1))
             .send()
             .await
@@ -365,16 +355,9 @@ impl Store for S3Store {
             .body
             .collect()
             .await
-            .map_err(|e| body_err(key, format!("reading the body: {e}")))?
+            .map_err(|e| body_error(key, format!("reading the body: {e}")))?
             .into_bytes();
-        let want = range.end - range.start;
-        if data.len() as u64 != want {
-            // The server answered, with fewer bytes: the object is shorter than the range.
-            return Err(Error::Corrupt {
-                object: key.to_string(),
-                detail: format!("range {range:?} returned {} of {want} bytes", data.len()),
-            });
-        }
+        check_range_len(key, &range, data.len())?;
         Ok(data)
     }
 
@@ -382,8 +365,8 @@ impl Store for S3Store {
         let out = self
             .client
             .head_object()
-            .bucket(&self.bucket)
-            .key(self.full(key))
+            .bucket(&self.at.bucket)
+            .key(self.at.object(key))
             .send()
             .await
             .map_err(|e| self.map_err(key, "head", e, None))?;
@@ -394,14 +377,14 @@ impl Store for S3Store {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        let full_prefix = self.full(prefix);
+        let full_prefix = self.at.object(prefix);
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
             let page = self
                 .client
                 .list_objects_v2()
-                .bucket(&self.bucket)
+                .bucket(&self.at.bucket)
                 .prefix(&full_prefix)
                 .max_keys(self.opts.list_page_size)
                 .set_continuation_token(token.take())
@@ -409,7 +392,7 @@ impl Store for S3Store {
                 .await
                 .map_err(|e| self.map_err(prefix, "list", e, None))?;
             for o in page.contents() {
-                let Some(k) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                let Some(k) = o.key().and_then(|k| self.at.relative(k)) else {
                     continue;
                 };
                 out.push(ObjectMeta {
@@ -430,8 +413,8 @@ impl Store for S3Store {
         match self
             .client
             .delete_object()
-            .bucket(&self.bucket)
-            .key(self.full(key))
+            .bucket(&self.at.bucket)
+            .key(self.at.object(key))
             .send()
             .await
         {
@@ -448,8 +431,6 @@ impl Store for S3Store {
     }
 
     fn location(&self) -> String {
-        format!("s3://{}/{}", self.bucket, self.prefix.trim_end_matches('/'))
-            .trim_end_matches('/')
-            .to_string()
+        self.at.url("s3")
     }
 }
