@@ -13,20 +13,8 @@ cd "$(dirname "$0")/.."
 root=$PWD
 write=${1:-}
 
-command -v restic >/dev/null || { apt-get update -qq && apt-get install -y -qq restic >/dev/null; }
-[ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
-bash scripts/setup.sh
-cargo build --release -q -p initctl
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-cairn=$target_dir/release/initctl
-
-corpus=${CAIRN_CORPUS_DIR:-$HOME/.cache/cairn-corpus}/ws-seed1
-if [ ! -f "$corpus.complete" ]; then
-  mkdir -p "$(dirname "$corpus")"
-  rm -rf "$corpus.building"
-  SEED=1 bash ../shared/corpus/make-workspace.sh "$corpus.building" >&2
-  rm -rf "$corpus" && mv "$corpus.building" "$corpus" && touch "$corpus.complete"
-fi
+# shellcheck source=benches/common.sh
+source benches/common.sh
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/cairn-compare.XXXXXX")
 [ -n "${KEEP:-}" ] || trap 'rm -rf "$work"' EXIT

@@ -14,26 +14,13 @@
 #   benches/s3-restore.sh [--write]     --write appends the table to benches/RESULTS.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 write=${1:-}
 delay_ms=${DELAY_MS:-20}
 rounds=${ROUNDS:-2}
 
-command -v restic >/dev/null || { apt-get update -qq && apt-get install -y -qq restic >/dev/null; }
-[ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
-bash scripts/setup.sh
-cargo build --release -q -p initctl
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-cairn=$target_dir/release/initctl
+# shellcheck source=benches/common.sh
+source benches/common.sh
 py=${CAIRN_PY_VENV:-$HOME/.cache/cairn-py}/bin/python
-
-corpus=${CAIRN_CORPUS_DIR:-$HOME/.cache/cairn-corpus}/ws-seed1
-if [ ! -f "$corpus.complete" ]; then
-  mkdir -p "$(dirname "$corpus")"
-  rm -rf "$corpus.building"
-  SEED=1 bash ../shared/corpus/make-workspace.sh "$corpus.building" >&2
-  rm -rf "$corpus" && mv "$corpus.building" "$corpus" && touch "$corpus.complete"
-fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/cairn-s3bench.XXXXXX")
 shm=$(mktemp -d /dev/shm/cairn-s3bench.XXXXXX)
