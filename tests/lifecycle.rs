@@ -50,9 +50,7 @@ impl Pod {
             port: 0,
             child: None,
         };
-        let env = pod.env();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let o = initctl(&["init"], &env);
+        let o = pod.initctl(&["init"]);
         assert!(o.status.success(), "init: {}", stderr(&o));
         build_everything_tree(&pod.ws(), 21);
         pod
@@ -76,9 +74,7 @@ impl Pod {
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for (k, v) in self.env() {
-            cmd.env(k, v);
-        }
+        cmd.envs(self.env());
         self.child = Some(cmd.spawn().expect("start sidecar"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while http_get(self.port, "/readyz").0 != 200 {
@@ -108,10 +104,15 @@ impl Pod {
             .expect("sidecar flush")
     }
 
-    fn restore_to(&self, out: &Path) {
+    /// `initctl` with this pod's store, cache and workspace.
+    fn initctl(&self, args: &[&str]) -> Output {
         let env = self.env();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let o = initctl(&["restore", out.to_str().expect("utf-8")], &env);
+        initctl(args, &env)
+    }
+
+    fn restore_to(&self, out: &Path) {
+        let o = self.initctl(&["restore", out.to_str().expect("utf-8")]);
         assert!(o.status.success(), "restore: {}", stderr(&o));
     }
 }
@@ -167,11 +168,9 @@ fn sigterm_takes_a_final_checkpoint_that_the_next_pod_restores() {
         "--heartbeat-interval",
         "100ms",
     ]);
-    let env = pod.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let o = initctl(&["heartbeats", "--workspace", "agent"], &env);
+        let o = pod.initctl(&["heartbeats", "--workspace", "agent"]);
         if stdout(&o).contains("pod-a") && stdout(&o).contains("running") {
             break;
         }
@@ -196,10 +195,8 @@ fn sigterm_takes_a_final_checkpoint_that_the_next_pod_restores() {
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["kind"], "flush");
     // The last heartbeat says the pod stopped after sealing that snapshot.
-    let env = pod.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let o = initctl(&["heartbeats", "--json"], &env);
-    let hb: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let hb = pod.initctl(&["heartbeats", "--json"]);
+    let hb: serde_json::Value = serde_json::from_str(&stdout(&hb)).expect("json");
     assert_eq!(hb[0]["host"], "pod-a", "{hb}");
     assert_eq!(hb[0]["state"], "stopped", "{hb}");
     assert_eq!(hb[0]["last_snapshot"], v["snapshot"], "{hb}");
@@ -311,10 +308,8 @@ fn interval_checkpoints_run_on_their_own_and_a_failing_hook_fails_one() {
 #[test]
 fn sigkill_mid_backup_leaves_the_previous_snapshot_latest_and_the_next_backup_works() {
     let pod = Pod::new();
-    let env = pod.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let ws = pod.ws();
-    let o = initctl(&["backup", ws.to_str().expect("utf-8")], &env);
+    let o = pod.initctl(&["backup", ws.to_str().expect("utf-8")]);
     assert!(o.status.success(), "{}", stderr(&o));
     let first = stdout(&o).trim().to_string();
     let before = pod.path("before");
@@ -324,9 +319,7 @@ fn sigkill_mid_backup_leaves_the_previous_snapshot_latest_and_the_next_backup_wo
     // Every store request takes 150 ms, so the kill lands long before the head could move.
     let mut cmd = Command::new(initctl_path());
     cmd.arg("backup").arg(&ws).env("CAIRN_FAULTS", "latency=150ms");
-    for (k, v) in &env {
-        cmd.env(k, v);
-    }
+    cmd.envs(pod.env());
     let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -342,7 +335,7 @@ fn sigkill_mid_backup_leaves_the_previous_snapshot_latest_and_the_next_backup_wo
     let status = child.wait().expect("wait");
     assert!(!status.success(), "the backup was killed, not finished");
 
-    let o = initctl(&["snapshots", "--json"], &env);
+    let o = pod.initctl(&["snapshots", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
     let ids: Vec<String> = v
         .as_array()
@@ -359,7 +352,7 @@ fn sigkill_mid_backup_leaves_the_previous_snapshot_latest_and_the_next_backup_wo
     pod.restore_to(&out);
     assert_same_tree(&before, &out);
 
-    let o = initctl(&["backup", ws.to_str().expect("utf-8")], &env);
+    let o = pod.initctl(&["backup", ws.to_str().expect("utf-8")]);
     assert!(o.status.success(), "the next backup works: {}", stderr(&o));
     let out = pod.path("after-next");
     pod.restore_to(&out);
