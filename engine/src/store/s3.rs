@@ -128,7 +128,8 @@ impl S3Store {
         })
     }
 
-    async fn put_multipart(&self, key: &str, full: &str, data: Bytes, mode: &PutMode) -> Result<Version> {
+    /// A create-only upload in parts; `If-None-Match: *` on the completing request makes it atomic.
+    async fn create_multipart(&self, key: &str, full: &str, data: Bytes) -> Result<Version> {
         let created = self
             .client
             .create_multipart_upload()
@@ -169,21 +170,17 @@ impl S3Store {
                 .buffered(self.opts.part_concurrency.max(1))
                 .try_collect()
                 .await?;
-            let mut req = self
+            let out = self
                 .client
                 .complete_multipart_upload()
                 .bucket(&self.at.bucket)
                 .key(full)
                 .upload_id(&upload_id)
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
-            req = match mode {
-                PutMode::Create => req.if_none_match("*"),
-                PutMode::Update(v) => req.if_match(&v.0),
-            };
-            let out = req
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .if_none_match("*")
                 .send()
                 .await
-                .map_err(|e| self.map_err(key, "complete multipart upload", e, Some(mode)))?;
+                .map_err(|e| self.map_err(key, "complete multipart upload", e, Some(&PutMode::Create)))?;
             Ok(Version(out.e_tag().unwrap_or_default().to_string()))
         }
         .await;
@@ -290,7 +287,7 @@ impl Store for S3Store {
         // always go up in one request (S3 takes up to 5 GiB), where every S3-compatible server
         // honours If-Match (moto, for one, ignores it on CompleteMultipartUpload).
         if data.len() >= self.opts.multipart_threshold && mode == PutMode::Create {
-            return self.put_multipart(key, &full, data, &mode).await;
+            return self.create_multipart(key, &full, data).await;
         }
         let mut req = self
             .client
