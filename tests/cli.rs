@@ -331,7 +331,11 @@ fn init_container_restore_is_idempotent_and_starts_from_a_base_or_empty() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
     assert_eq!(v["action"], "empty", "{v}");
-    assert!(std::fs::read_dir(&empty).expect("created").next().is_none());
+    let names: Vec<_> = std::fs::read_dir(&empty)
+        .expect("created")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, [".cairn-snapshot"], "only the marker");
 
     // With --base it starts from the base workspace's latest snapshot.
     let forked = c.path("forked-ws");
@@ -368,21 +372,35 @@ fn init_container_restore_is_idempotent_and_starts_from_a_base_or_empty() {
 
     // Re-running on a volume that holds the latest snapshot does nothing.
     let out = c.path("ws");
+    let reinit = || {
+        let o = c.run(&[
+            "restore",
+            "--workspace",
+            "base",
+            "--json",
+            &out.display().to_string(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).expect("json")
+    };
     c.ok(&["restore", "--workspace", "base", &out.display().to_string()]);
-    write(&out.join("scratch-note"), b"made by the agent");
-    let o = c.run(&[
-        "restore",
-        "--workspace",
-        "base",
-        "--json",
-        &out.display().to_string(),
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let v = reinit();
     assert_eq!(v["action"], "none", "{v}");
+    // A file the agent wrote and nobody saved is never rolled back: saved first, then kept.
+    write(&out.join("scratch-note"), b"made by the agent");
+    let v = reinit();
+    assert_eq!(v["action"], "backup", "{v}");
+    assert_eq!(v["is_head"], true, "{v}");
+    assert!(
+        v["message"].as_str().unwrap_or("").contains("scratch-note"),
+        "{v}"
+    );
     assert_eq!(
         std::fs::read(out.join("scratch-note")).expect("kept"),
         b"made by the agent"
     );
+    let v = reinit();
+    assert_eq!(v["action"], "none", "{v}");
     make_writable(&base_src);
     make_writable(&forked);
     make_writable(&out);

@@ -394,3 +394,376 @@ fn flush_without_a_daemon_and_a_sidecar_without_a_repository_fail_clearly() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no Cairn repository"), "{}", stderr(&o));
 }
+
+/// Another sidecar on the pod's repository: its own volume, host name, socket and port.
+struct Sidecar {
+    socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl Sidecar {
+    fn start(pod: &Pod, host: &str, source: &Path) -> Sidecar {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let socket = pod.path(&format!("{host}.sock"));
+        let mut cmd = Command::new(bin_path("sidecar"));
+        cmd.arg("run")
+            .arg("--source")
+            .arg(source)
+            .args(["--interval", "0", "--heartbeat-interval", "1s", "--host", host])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--control-socket")
+            .arg(&socket)
+            .arg("--cache-dir")
+            .arg(pod.path(&format!("cache-{host}")))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.envs(pod.env());
+        let child = Some(cmd.spawn().expect("start sidecar"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(port, "/readyz").0 != 200 {
+            assert!(Instant::now() < deadline, "sidecar never became ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Ready; wait for its first heartbeat so other pods can see it.
+        loop {
+            let o = pod.initctl(&["heartbeats", "--workspace", "agent"]);
+            if stdout(&o).contains(host) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no heartbeat from {host}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Sidecar { socket, child }
+    }
+
+    fn flush(&self) -> serde_json::Value {
+        let o = Command::new(bin_path("sidecar"))
+            .arg("flush")
+            .arg("--control-socket")
+            .arg(&self.socket)
+            .output()
+            .expect("sidecar flush");
+        assert!(o.status.success(), "flush: {}", stderr(&o));
+        json_line(&o)
+    }
+
+    fn stop(&mut self, signal: rustix::process::Signal) -> Output {
+        let child = self.child.take().expect("running");
+        rustix::process::kill_process(rustix::process::Pid::from_child(&child), signal).expect("signal");
+        child.wait_with_output().expect("wait")
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Pod {
+    /// The init container: `initctl restore --json` of the latest snapshot into `vol`.
+    fn init(&self, vol: &Path, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["restore", "--json"];
+        args.extend_from_slice(extra);
+        args.push(vol.to_str().expect("utf-8"));
+        let o = self.initctl(&args);
+        assert!(o.status.success(), "init: {}", stderr(&o));
+        serde_json::from_str(&stdout(&o)).expect("json")
+    }
+
+    fn head(&self) -> String {
+        let o = self.initctl(&["snapshots", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+        let heads: Vec<_> = v
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter(|s| s["head"] == true)
+            .map(|s| s["id"].as_str().expect("id").to_string())
+            .collect();
+        assert_eq!(heads.len(), 1, "{v}");
+        heads[0].clone()
+    }
+}
+
+fn marker(vol: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(vol.join(".cairn-snapshot")).expect("marker")).expect("json")
+}
+
+#[test]
+fn node_loss_keeps_every_edit_and_the_init_step_rerun_is_a_no_op() {
+    let pod = Pod::new();
+    let o = pod.initctl(&["backup", pod.ws().to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let vol = pod.path("vol");
+    assert_eq!(pod.init(&vol, &[])["action"], "restore");
+    assert_eq!(pod.init(&vol, &[])["action"], "none");
+
+    // The sidecar checkpoints; the marker follows it.
+    let mut sc = Sidecar::start(&pod, "pod-a", &vol);
+    let cp = sc.flush();
+    assert_eq!(cp["ok"], true, "{cp}");
+    assert_eq!(marker(&vol)["snapshot"], cp["snapshot"]);
+    assert_eq!(
+        pod.init(&vol, &["--host", "pod-a"])["action"],
+        "none",
+        "in sync after a checkpoint"
+    );
+
+    // Edits after the last checkpoint, then the node dies: SIGKILL, no final snapshot.
+    write(&vol.join("src/after-checkpoint.rs"), b"fn unsaved() {}\n");
+    std::fs::remove_file(vol.join("empty")).expect("rm");
+    std::fs::rename(vol.join("src"), vol.join("source")).expect("mv");
+    let _ = sc.stop(rustix::process::Signal::KILL);
+    let edited = pod.path("edited");
+    copy_tree(&vol, &edited);
+
+    // The pod comes back on the surviving volume (same pod name): the edits are saved, not lost.
+    let v = pod.init(&vol, &["--host", "pod-a"]);
+    assert_eq!(v["action"], "backup", "{v}");
+    assert_eq!(v["is_head"], true, "{v}");
+    assert_same_tree(&edited, &vol);
+    let again = pod.path("again");
+    pod.restore_to(&again);
+    assert_same_tree(&edited, &again);
+    assert_eq!(pod.init(&vol, &["--host", "pod-a"])["action"], "none");
+    // --local-changes keep starts on the volume as it is, and says what is unsaved.
+    write(&vol.join("later.txt"), b"later\n");
+    let v = pod.init(&vol, &["--local-changes", "keep"]);
+    assert_eq!(v["action"], "kept", "{v}");
+    assert!(
+        v["message"].as_str().expect("message").contains("later.txt"),
+        "{v}"
+    );
+    for d in [&vol, &edited, &again, &pod.ws()] {
+        make_writable(d);
+    }
+}
+
+#[test]
+fn a_volume_one_session_behind_fetches_only_what_differs() {
+    let pod = Pod::new();
+    let o = pod.initctl(&["backup", pod.ws().to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (pod.path("vol-a"), pod.path("vol-b"));
+    pod.init(&a, &[]);
+    pod.init(&b, &[]);
+    // Another pod works on b: edits, a new file, a deletion, a renamed directory.
+    let mut big = std::fs::read(b.join("assets/big.bin")).expect("big");
+    big.extend_from_slice(b"appended by the agent");
+    write(&b.join("assets/big.bin"), &big);
+    write(&b.join("new.txt"), b"new\n");
+    std::fs::remove_file(b.join("empty")).expect("rm");
+    std::fs::rename(b.join("assets"), b.join("media")).expect("mv");
+    let o = pod.initctl(&["backup", b.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let v = pod.init(&a, &[]);
+    assert_eq!(v["action"], "update", "{v}");
+    assert_eq!(v["update"], true, "{v}");
+    let (fetched, reused) = (
+        v["fetched"].as_u64().expect("n"),
+        v["reused"].as_u64().expect("n"),
+    );
+    // The renamed directory's unchanged file comes from disk; the edited one (a single chunk)
+    // and the new one are all that is fetched, out of a 7 MiB workspace.
+    assert!(reused >= 300 << 10, "renamed files come from disk: {v}");
+    assert!(
+        fetched < big.len() as u64 + (64 << 10),
+        "only what differs is fetched: {v}"
+    );
+    assert_same_tree(&b, &a);
+    assert!(!a.join(".cairn-staging").exists() && !a.join(".cairn-restoring").exists());
+    assert_eq!(pod.init(&a, &[])["action"], "none");
+
+    // The restore seeded the stat cache: a backup of the volume right after reads no file.
+    let o = pod.initctl(&["backup", "--json", a.to_str().expect("utf-8")]);
+    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(r["files_read"], 0, "{r}");
+    for d in [&a, &b, &pod.ws()] {
+        make_writable(d);
+    }
+}
+
+#[test]
+fn an_interrupted_restore_is_finished_by_the_next_run() {
+    let pod = Pod::new();
+    let o = pod.initctl(&["backup", pod.ws().to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let vol = pod.path("vol");
+    let mut cmd = Command::new(bin_path("initctl"));
+    cmd.args(["restore", vol.to_str().expect("utf-8")])
+        .envs(pod.env())
+        .env("CAIRN_FAULTS", "latency=150ms")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("initctl");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !vol.join(".cairn-restoring").exists() {
+        assert!(Instant::now() < deadline, "the restore never began");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "finished before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    assert!(
+        cairn_engine::read_marker(&vol).is_none(),
+        "an interrupted restore never looks finished"
+    );
+    // Something the snapshot does not have, left on the half-restored volume.
+    write(&vol.join("leftover"), b"x");
+
+    let v = pod.init(&vol, &[]);
+    assert_eq!(v["action"], "restore", "{v}");
+    assert!(v["notes"].to_string().contains("interrupted"), "{v}");
+    assert_same_tree(&pod.ws(), &vol);
+    assert!(!vol.join(".cairn-restoring").exists());
+    make_writable(&vol);
+    make_writable(&pod.ws());
+}
+
+#[test]
+fn a_new_pod_waits_for_the_previous_pods_final_snapshot_then_starts_degraded_if_it_never_comes() {
+    let pod = Pod::new();
+    let o = pod.initctl(&["backup", pod.ws().to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let old = pod.path("old");
+    pod.init(&old, &[]);
+    let mut sc = Sidecar::start(&pod, "pod-a", &old);
+    write(&old.join("last-words.txt"), b"sealed by the final flush\n");
+
+    // The replacement pod starts while the old one is still terminating.
+    let new = pod.path("new");
+    let mut cmd = Command::new(bin_path("initctl"));
+    cmd.args(["restore", "--json", "--host", "pod-b", "--wait-previous", "30s"])
+        .arg(&new)
+        .envs(pod.env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let waiting = cmd.spawn().expect("initctl");
+    std::thread::sleep(Duration::from_millis(800));
+    let out = sc.stop(rustix::process::Signal::TERM);
+    assert!(out.status.success(), "final flush: {}", stderr(&out));
+    let o = waiting.wait_with_output().expect("wait");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(
+        (v["action"].as_str(), v["degraded"].as_bool()),
+        (Some("restore"), Some(false)),
+        "{v}"
+    );
+    assert!(
+        v["notes"].to_string().contains("sealed its final snapshot"),
+        "{v}"
+    );
+    assert_eq!(
+        std::fs::read(new.join("last-words.txt")).expect("the final snapshot was restored"),
+        b"sealed by the final flush\n"
+    );
+
+    // A pod that never seals (it keeps running): the wait is bounded and the start degraded.
+    let _still = Sidecar::start(&pod, "pod-b", &new);
+    let third = pod.path("third");
+    let v = pod.init(&third, &["--host", "pod-c", "--wait-previous", "1s"]);
+    assert_eq!(
+        (v["action"].as_str(), v["degraded"].as_bool()),
+        (Some("restore"), Some(true)),
+        "{v}"
+    );
+    assert!(third.join("last-words.txt").exists());
+    for d in [&old, &new, &third, &pod.ws()] {
+        make_writable(d);
+    }
+}
+
+#[test]
+fn two_pods_of_one_workspace_never_hide_each_others_sealed_snapshots() {
+    let pod = Pod::new();
+    let o = pod.initctl(&["backup", pod.ws().to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (pod.path("vol-a"), pod.path("vol-b"));
+    pod.init(&a, &[]);
+    pod.init(&b, &[]);
+    let (sa, sb) = (
+        Sidecar::start(&pod, "pod-a", &a),
+        Sidecar::start(&pod, "pod-b", &b),
+    );
+    let mut sealed = Vec::new();
+    for round in 0..4 {
+        write(
+            &a.join(format!("a-{round}.txt")),
+            format!("a {round}\n").as_bytes(),
+        );
+        write(
+            &b.join(format!("b-{round}.txt")),
+            format!("b {round}\n").as_bytes(),
+        );
+        let (ra, rb) = std::thread::scope(|s| {
+            let ha = s.spawn(|| sa.flush());
+            let hb = s.spawn(|| sb.flush());
+            (ha.join().expect("a"), hb.join().expect("b"))
+        });
+        let snap = |r: &serde_json::Value| r["snapshot"].as_str().expect("sealed").to_string();
+        let (ia, ib) = (snap(&ra), snap(&rb));
+        // The head is one of the two and never the older (times are listed to the second); the
+        // other stays listed and restorable.
+        let o = pod.initctl(&["snapshots", "--json"]);
+        let list: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+        let time = |id: &str| {
+            list.as_array()
+                .expect("list")
+                .iter()
+                .find(|s| s["id"] == id)
+                .unwrap_or_else(|| panic!("{id} is listed"))["time"]
+                .as_str()
+                .expect("time")
+                .to_string()
+        };
+        let head = pod.head();
+        let other = if head == ia {
+            &ib
+        } else {
+            assert_eq!(head, ib, "round {round}: the head is one of the two: {ra} {rb}");
+            &ia
+        };
+        assert!(
+            time(&head) >= time(other),
+            "round {round}: the head moved back in time"
+        );
+        sealed.push((ia, a.clone()));
+        sealed.push((ib, b.clone()));
+    }
+    // Every sealed snapshot restores; the last of each pod equals its volume.
+    for (id, vol) in sealed.iter().rev().take(2) {
+        let out = pod.path(&format!("check-{}", &id[..8]));
+        let o = pod.initctl(&["restore", "--snapshot", id, out.to_str().expect("utf-8")]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_same_tree(vol, &out);
+        make_writable(&out);
+    }
+    for d in [&a, &b, &pod.ws()] {
+        make_writable(d);
+    }
+}
+
+/// Copies a tree with `cp -a` (modes, times, links).
+fn copy_tree(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(st.success());
+}

@@ -26,7 +26,7 @@ async fn everything_tree_round_trips_bit_for_bit() {
     let v = verify_dir(&trees, &m, &out, None, &Progress::default()).expect("verify");
     assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
     let marker = cairn_engine::read_marker(&out).expect("marker");
-    assert_eq!(marker.snapshot, id);
+    assert_eq!(marker.snapshot, Some(id));
     make_writable(&out);
     make_writable(&src);
 }
@@ -81,10 +81,7 @@ async fn restores_an_older_snapshot_by_id_prefix() {
         &t.repo,
         id,
         &m,
-        &cairn_engine::RestoreOptions {
-            target: out.clone(),
-            owners: None,
-        },
+        &cairn_engine::RestoreOptions::new(&out),
         Arc::new(Progress::default()),
     )
     .await

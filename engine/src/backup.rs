@@ -38,7 +38,8 @@ use crate::pack::{FinishedPack, PackBuilder};
 use crate::progress::Progress;
 use crate::repo::{IndexHandle, Repo};
 use crate::store::{PutMode, StoreExt};
-use crate::{Error, Result, RESTORE_MARKER};
+use crate::volume::{self, is_volume_file};
+use crate::{Error, Result};
 
 /// Sealed packs waiting for an upload slot.
 const UPLOAD_QUEUE: usize = 1;
@@ -74,6 +75,8 @@ pub struct BackupOptions {
 pub struct BackupReport {
     /// The new snapshot.
     pub snapshot: SnapshotId,
+    /// Whether it is the workspace's head (false when another writer sealed a newer one).
+    pub is_head: bool,
     /// The snapshot it was incremental to.
     pub parent: Option<SnapshotId>,
     /// Counters, as stored in the manifest.
@@ -211,13 +214,14 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         stats,
         tags: opts.tags.clone(),
     };
+    let manifest_root_mtime = manifest.root_meta.mtime;
     let bytes = manifest.encode();
     let snapshot = SnapshotId::of(&bytes);
     repo.store()
         .put_immutable(&snapshot_key(&opts.workspace, &snapshot), Bytes::from(bytes))
         .await?;
     let mut warnings = std::mem::take(&mut *session.warnings.lock().expect("invariant: lock not poisoned"));
-    move_head(
+    let is_head = move_head(
         repo,
         &opts.workspace,
         snapshot,
@@ -226,8 +230,10 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         &mut warnings,
     )
     .await?;
+    update_marker(&opts.source, &opts.workspace, snapshot, time, manifest_root_mtime);
     Ok(BackupReport {
         snapshot,
+        is_head,
         parent: parent.map(|(id, _)| id),
         stats,
         warnings,
@@ -235,9 +241,13 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
     })
 }
 
-/// Points the head at `snapshot` by compare-and-swap. If another writer moved it since this
-/// backup began, the newer sealed snapshot still wins the head (it is the latest), and the
-/// displaced one stays listed under `snapshots/`.
+/// Points the head at `snapshot` by compare-and-swap, unless a newer snapshot holds it. Returns
+/// whether this snapshot is the head.
+///
+/// Two writers of one workspace (two pods, or a pod and an operator) each seal their snapshot
+/// create-only; the head goes to the newer by snapshot time, and the other stays listed under
+/// `snapshots/`, restorable by id and named in a warning. The head never moves back in time, so a
+/// slow writer cannot hide a snapshot sealed after its own began.
 async fn move_head(
     repo: &Repo,
     workspace: &str,
@@ -245,7 +255,7 @@ async fn move_head(
     time: Timestamp,
     mut expected: Option<crate::store::Version>,
     warnings: &mut Vec<String>,
-) -> Result<()> {
+) -> Result<bool> {
     let key = head_key(workspace);
     let body = Bytes::from(Head { snapshot, time }.encode());
     for _ in 0..8 {
@@ -254,14 +264,28 @@ async fn move_head(
             None => PutMode::Create,
         };
         match repo.store().put(&key, body.clone(), mode).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(true),
             Err(Error::Conflict { .. } | Error::AlreadyExists { .. }) => {
                 let current = repo.head(workspace).await?;
                 if let Some((h, _)) = &current {
+                    if h.snapshot == snapshot {
+                        return Ok(true);
+                    }
+                    if h.time > time {
+                        warnings.push(format!(
+                            "another writer sealed {} of {workspace} after this backup began; it stays the \
+                             head, and {} is kept as a listed snapshot",
+                            h.snapshot.short(),
+                            snapshot.short()
+                        ));
+                        return Ok(false);
+                    }
                     warnings.push(format!(
-                        "head of {workspace} moved to {} during this backup; {} replaces it as the latest",
+                        "head of {workspace} moved to {} during this backup; {} is newer and replaces it as \
+                         the head ({} stays listed)",
                         h.snapshot.short(),
-                        snapshot.short()
+                        snapshot.short(),
+                        h.snapshot.short()
                     ));
                 }
                 expected = current.map(|(_, v)| v);
@@ -270,6 +294,31 @@ async fn move_head(
         }
     }
     Err(Error::Conflict { key })
+}
+
+/// Names the new snapshot in the source's volume marker, if the source is a workspace volume of
+/// this workspace (see `volume.rs`): what the volume held when the backup began is now sealed.
+fn update_marker(
+    source: &Path,
+    workspace: &str,
+    snapshot: SnapshotId,
+    time: Timestamp,
+    root_mtime: Timestamp,
+) {
+    let Some(mut m) = volume::read_marker(source) else {
+        return;
+    };
+    if m.workspace != workspace {
+        return;
+    }
+    m.snapshot = Some(snapshot);
+    m.snapshot_time = Some(time.to_rfc3339());
+    m.from = None;
+    m.synced_ns = i64::try_from(ns(time.secs, i64::from(time.nanos))).ok();
+    m.root_mtime_ns = i64::try_from(ns(root_mtime.secs, i64::from(root_mtime.nanos))).ok();
+    if let Err(e) = volume::rewrite_marker(source, &m) {
+        tracing::warn!(error = %e, "could not update the volume marker; the next init will back the volume up first");
+    }
 }
 
 /// Reads a stored pack's trailer so a record can list it.
@@ -532,7 +581,7 @@ impl Session {
             }
         }
         if rel.is_empty() {
-            names.retain(|n| n.as_bytes() != RESTORE_MARKER.as_bytes());
+            names.retain(|n| !is_volume_file(n.as_bytes()));
         }
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         inc(&self.counters.dirs, 1);

@@ -51,10 +51,7 @@ pub async fn drill(
         .tempdir_in(&base)
         .map_err(|e| Error::io(&base, e))?;
     let target = dir.path().join("restore");
-    let opts = RestoreOptions {
-        target: target.clone(),
-        owners: None,
-    };
+    let opts = RestoreOptions::new(&target);
     let trees = Arc::new(SnapshotTrees::load(repo, manifest).await?);
     let restored = restore_with_trees(repo, id, manifest, trees.clone(), &opts, progress.clone()).await?;
     let started = Instant::now();

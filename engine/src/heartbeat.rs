@@ -35,6 +35,19 @@ pub struct Heartbeat {
     pub last_snapshot: Option<String>,
     /// Unix seconds of that snapshot.
     pub last_success: Option<u64>,
+    /// Seconds between this sidecar's beats.
+    #[serde(default)]
+    pub interval: Option<u64>,
+}
+
+impl Heartbeat {
+    /// Whether the sidecar that wrote this is still running at `now` (Unix seconds): it has not
+    /// reported `stopped`, and it beat within two of its intervals plus ten seconds (a pod whose
+    /// node died stops beating and goes stale; pod clocks are assumed roughly in sync).
+    pub fn is_live(&self, now: u64) -> bool {
+        let interval = self.interval.unwrap_or(60).max(1);
+        self.state == "running" && now.saturating_sub(self.time) <= 2 * interval + 10
+    }
 }
 
 /// Seconds since the Unix epoch, by this machine's clock.

@@ -217,6 +217,18 @@ impl LocalIndex {
             .map_err(|e| self.err(e))
     }
 
+    /// Remembers many files at once (one write batch), as a restore does for what it wrote.
+    ///
+    /// # Errors
+    /// [`Error::Index`] on a database failure.
+    pub fn put_stats(&self, workspace: &str, entries: &[(Vec<u8>, StatEntry)]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (path, entry) in entries {
+            batch.put_cf(self.cf(CF_STAT), Self::stat_key(workspace, path), enc(entry));
+        }
+        self.db.write(batch).map_err(|e| self.err(e))
+    }
+
     /// Forgets a stat-cache entry.
     ///
     /// # Errors

@@ -34,6 +34,7 @@ mod restore;
 mod store;
 mod tree;
 mod verify;
+mod volume;
 
 pub use backup::{backup, BackupOptions, BackupReport};
 pub use check::{check, CheckReport};
@@ -47,7 +48,7 @@ pub use meta::is_root;
 pub use pack::{FinishedPack, PackBuilder};
 pub use progress::{Progress, ProgressSnapshot};
 pub use repo::{default_cache_dir, IndexHandle, InitOptions, Locations, Repo, SnapshotInfo};
-pub use restore::{read_marker, restore, restore_with_trees, RestoreMarker, RestoreOptions, RestoreReport};
+pub use restore::{restore, restore_with_trees, RestoreOptions, RestoreReport};
 pub use store::{
     check_conditional_writes, open_store, open_store_with, parse_duration, FaultPlan, FaultStats, FaultStore,
     GcsOptions, GcsStore, GetResult, LocalStore, ObjectMeta, PutMode, RetryPolicy, RetryStats, RetryStore,
@@ -55,10 +56,14 @@ pub use store::{
 };
 pub use tree::SnapshotTrees;
 pub use verify::{verify_dir, VerifyReport};
+pub use volume::{
+    adopt_volume, inspect, is_volume_file, local_changes, mark_empty, read_marker, LocalChanges,
+    RestoreMarker, VolumeState, RESTORING_MARKER, STAGING_DIR,
+};
 
 /// Re-export of the format crate, so binaries need one dependency.
 pub use cairn_formats as formats;
 
-/// Name of the completion marker a restore writes at the root of its target, last. Backups leave
-/// it out.
+/// Name of the completion marker a restore writes at the root of its target, last (see
+/// [`RestoreMarker`]). Backups leave it out, with the other names [`is_volume_file`] lists.
 pub const RESTORE_MARKER: &str = ".cairn-snapshot";

@@ -101,6 +101,37 @@ impl Repo {
         Ok(Repo { store, config })
     }
 
+    /// Opens the repository at `url`, retrying failures that can pass (a new pod's credentials
+    /// and network take seconds to appear: the GKE metadata server, IRSA token files) with
+    /// backoff from 200 ms to 10 s, for up to `wait` (without end if `None`). A bad URL or a
+    /// store without a repository fails at once. `on_retry` hears each failure and the delay.
+    ///
+    /// # Errors
+    /// The last failure once `wait` is spent; [`Error::Invalid`], [`Error::NoRepository`].
+    pub async fn open_waiting(
+        url: &str,
+        wait: Option<std::time::Duration>,
+        mut on_retry: impl FnMut(&Error, std::time::Duration),
+    ) -> Result<Repo> {
+        let deadline = wait.map(|w| std::time::Instant::now() + w);
+        let mut delay = std::time::Duration::from_millis(200);
+        loop {
+            let opened = async { Repo::open(crate::store::open_store(url).await?).await }.await;
+            match opened {
+                Ok(repo) => return Ok(repo),
+                Err(e @ (Error::Invalid(_) | Error::NoRepository { .. })) => return Err(e),
+                Err(e) => {
+                    if deadline.is_some_and(|d| std::time::Instant::now() + delay > d) {
+                        return Err(e);
+                    }
+                    on_retry(&e, delay);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

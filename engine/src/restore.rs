@@ -16,24 +16,26 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_formats::{
-    pack_key, Entry, Extent, Manifest, Meta, Node, PackEntry, PackId, PackKind, SnapshotId, Timestamp,
+    pack_key, BlobId, Entry, Extent, Manifest, Meta, Node, PackEntry, PackId, PackKind, SnapshotId, Timestamp,
 };
 use futures::stream::{self, StreamExt, TryStreamExt};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::compress::decode_blob;
 use crate::error::IoContext;
-use crate::meta::{apply_meta, is_root, Target};
+use crate::index::{LocalIndex, StatEntry};
+use crate::meta::{apply_meta, is_root, ns, Target};
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::tree::SnapshotTrees;
+use crate::volume::{self, RestoreMarker};
 use crate::{Error, Result, RESTORE_MARKER};
 
 /// Pack reads in flight at once.
@@ -51,6 +53,31 @@ pub struct RestoreOptions {
     pub target: PathBuf,
     /// Restore owners and groups (default: when running as root).
     pub owners: Option<bool>,
+    /// The workspace the target belongs to, for its marker and stat cache (default: the
+    /// snapshot's own; differs when a workspace starts from a base snapshot).
+    pub workspace: Option<String>,
+    /// The snapshot the target holds, unchanged since (see [`crate::local_changes`]): only what
+    /// differs is written, and chunks of replaced files are copied from disk, not fetched.
+    pub previous: Option<(SnapshotId, Manifest)>,
+    /// Remove entries the snapshot does not have (for a volume an interrupted restore left).
+    pub exact: bool,
+    /// Seed the local index in this cache directory (blob locations and the stat cache), so the
+    /// next backup of the target reads only files changed after the restore.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl RestoreOptions {
+    /// A plain restore into `target`.
+    pub fn new(target: impl Into<PathBuf>) -> Self {
+        RestoreOptions {
+            target: target.into(),
+            owners: None,
+            workspace: None,
+            previous: None,
+            exact: false,
+            cache_dir: None,
+        }
+    }
 }
 
 /// What a restore did.
@@ -58,35 +85,24 @@ pub struct RestoreOptions {
 pub struct RestoreReport {
     /// Regular files written.
     pub files: u64,
-    /// Directories created.
+    /// Directories created or updated.
     pub dirs: u64,
-    /// Symlinks, FIFOs, devices and hard links.
+    /// Symlinks, FIFOs, devices and hard links written, and entries whose metadata alone changed.
     pub others: u64,
     /// File bytes written (holes excluded).
     pub bytes: u64,
     /// Bytes fetched from the store.
     pub fetched: u64,
+    /// Bytes copied from files already on disk (verified) instead of fetched.
+    pub reused: u64,
+    /// Entries removed because the snapshot does not have them.
+    pub removed: u64,
+    /// Whether only the differences from the previous snapshot were applied.
+    pub update: bool,
+    /// Stat-cache entries seeded for the next backup.
+    pub seeded: u64,
     /// Wall time.
     pub elapsed: Duration,
-}
-
-/// The completion marker written at the root of a restored directory.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RestoreMarker {
-    /// The workspace.
-    pub workspace: String,
-    /// The snapshot restored.
-    pub snapshot: SnapshotId,
-    /// That snapshot's time.
-    pub snapshot_time: String,
-    /// When the restore finished.
-    pub restored_at: String,
-}
-
-/// Reads the completion marker of `target`, if there is a valid one.
-pub fn read_marker(target: &Path) -> Option<RestoreMarker> {
-    let bytes = fs::read(target.join(RESTORE_MARKER)).ok()?;
-    serde_json::from_slice(&bytes).ok()
 }
 
 struct FilePlan {
@@ -103,12 +119,24 @@ struct Need {
     offset: u64,
 }
 
+/// A chunk to copy from a file already on disk (moved into the staging directory).
+struct LocalNeed {
+    id: BlobId,
+    from: u64,
+    len: u32,
+    file: usize,
+    offset: u64,
+}
+
 #[derive(Default)]
 struct Plan {
     dirs: Vec<(PathBuf, Meta)>,
     files: Vec<FilePlan>,
     others: Vec<(PathBuf, Meta, Target)>,
     needs: HashMap<PackId, Vec<Need>>,
+    /// Staged files and the chunks copied from each.
+    local: Vec<(PathBuf, Vec<LocalNeed>)>,
+    removed: u64,
 }
 
 /// Restores snapshot `id` (with `manifest`) into `opts.target`.
@@ -142,6 +170,10 @@ pub async fn restore_with_trees(
     let started = Instant::now();
     let target = opts.target.clone();
     let as_root = opts.owners.unwrap_or_else(is_root);
+    let workspace = opts
+        .workspace
+        .clone()
+        .unwrap_or_else(|| manifest.workspace.clone());
     fs::create_dir_all(&target).at(&target)?;
     if !fs::metadata(&target).at(&target)?.is_dir() {
         return Err(Error::Invalid(format!(
@@ -149,44 +181,98 @@ pub async fn restore_with_trees(
             target.display()
         )));
     }
-    // A restore in progress must never look finished.
+    // A restore in progress must never look finished: say so before touching anything, then drop
+    // the old marker and whatever an interrupted restore left staged.
+    volume::begin_restore(&target, &format!("{workspace} {}", id.to_hex()))?;
     match fs::remove_file(target.join(RESTORE_MARKER)) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(target.join(RESTORE_MARKER), e)),
     }
+    volume::remove_staging(&target)?;
     progress
         .total_bytes
         .store(manifest.stats.bytes, std::sync::atomic::Ordering::Relaxed);
 
-    let (t, root) = (target.clone(), manifest.root);
+    // Seeding the index's blob locations overlaps with the restore.
+    let seed_index = match &opts.cache_dir {
+        Some(dir) => {
+            let index = Arc::new(repo.open_index(dir)?);
+            let (repo, m, i) = (repo.clone(), manifest.clone(), index.clone());
+            Some((index, tokio::spawn(async move { repo.sync_index(&i, &m).await })))
+        }
+        None => None,
+    };
+
+    let old_trees = match &opts.previous {
+        Some((_, m)) => Some(Arc::new(SnapshotTrees::load_sharing(repo, m, &trees).await?)),
+        None => None,
+    };
+    let (t, root, exact) = (target.clone(), manifest.root, opts.exact);
+    let old_root = opts.previous.as_ref().map(|(_, m)| m.root);
     let trees2 = trees.clone();
-    let plan = tokio::task::spawn_blocking(move || plan(&trees2, &root, &t))
-        .await
-        .map_err(|e| Error::Invalid(format!("restore planner panicked: {e}")))??;
-    let plan = Arc::new(plan);
+    let (plan, update) = tokio::task::spawn_blocking(move || -> Result<(Plan, bool)> {
+        if let (Some(old), Some(old_root)) = (old_trees, old_root) {
+            if let Some(plan) = plan_update(&trees2, &old, &root, &old_root, &t)? {
+                return Ok((plan, true));
+            }
+            tracing::info!("the snapshots differ in hard links; restoring in full");
+        }
+        Ok((plan_full(&trees2, &root, &t, exact)?, false))
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("restore planner panicked: {e}")))??;
+    let mut plan = plan;
     let mut report = RestoreReport {
         files: plan.files.len() as u64,
         dirs: plan.dirs.len() as u64,
         others: plan.others.len() as u64,
+        removed: plan.removed,
+        update,
         ..RestoreReport::default()
     };
 
     // Create every file at its final size (holes stay holes).
+    let local = std::mem::take(&mut plan.local);
+    let plan = Arc::new(plan);
     let p = plan.clone();
-    tokio::task::spawn_blocking(move || {
+    let failed = tokio::task::spawn_blocking(move || -> Result<(Vec<LocalNeed>, u64)> {
         p.files
             .par_iter()
             .filter(|f| f.link_to.is_none())
-            .try_for_each(|f| create_file(&f.path, f.size))
+            .try_for_each(|f| create_file(&f.path, f.size))?;
+        // Chunks already on disk: copy, verified, before fetching the rest.
+        let copied: Vec<(Vec<LocalNeed>, u64)> = local
+            .into_par_iter()
+            .map(|(src, needs)| copy_local(&p, &src, needs))
+            .collect::<Result<_>>()?;
+        let mut failed = Vec::new();
+        let mut reused = 0;
+        for (f, r) in copied {
+            failed.extend(f);
+            reused += r;
+        }
+        Ok((failed, reused))
     })
     .await
     .map_err(|e| Error::Invalid(format!("restore worker panicked: {e}")))??;
+    let (failed, reused) = failed;
+    report.reused = reused;
+    Progress::add(&progress.bytes, reused);
 
     // Fetch, verify and write content.
     let max_read = repo.store().read_size();
+    let mut extra: HashMap<PackId, Vec<Need>> = HashMap::new();
+    for n in failed {
+        let loc = trees.locations().get(&n.id)?;
+        extra.entry(loc.pack).or_default().push(Need {
+            entry: loc.entry,
+            file: n.file,
+            offset: n.offset,
+        });
+    }
     let mut jobs = Vec::new();
-    for (pack, needs) in &plan.needs {
+    for (pack, needs) in plan.needs.iter().chain(extra.iter()) {
         let kind = trees.locations().get(&needs[0].entry.id)?.kind;
         for run in coalesce(needs, max_read) {
             jobs.push((*pack, kind, run));
@@ -215,6 +301,7 @@ pub async fn restore_with_trees(
         .buffer_unordered(FETCH_CONCURRENCY)
         .try_collect()
         .await?;
+    report.bytes = reused;
     for (f, w) in fetched {
         report.fetched += f;
         report.bytes += w;
@@ -222,7 +309,7 @@ pub async fn restore_with_trees(
 
     // Hard links, metadata (deepest directories last), sync, marker, then the root's own metadata.
     let p = plan.clone();
-    let (t, root_meta) = (target.clone(), manifest.root_meta.clone());
+    let t = target.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
         for f in p.files.iter().filter(|f| f.link_to.is_some()) {
             let first = &p.files[f.link_to.expect("invariant: filtered on link_to")].path;
@@ -246,53 +333,335 @@ pub async fn restore_with_trees(
     .await
     .map_err(|e| Error::Invalid(format!("restore worker panicked: {e}")))??;
 
-    let marker = RestoreMarker {
-        workspace: manifest.workspace.clone(),
-        snapshot: id,
-        snapshot_time: manifest.time.to_rfc3339(),
+    let mut marker = RestoreMarker {
+        workspace: workspace.clone(),
+        snapshot: Some(id),
+        snapshot_time: Some(manifest.time.to_rfc3339()),
+        from: (workspace != manifest.workspace).then(|| format!("{}@{}", manifest.workspace, id.to_hex())),
         restored_at: Timestamp::now().to_rfc3339(),
+        synced_ns: None,
+        root_mtime_ns: None,
     };
-    write_marker(&target, &marker)?;
-    apply_meta(&target, &root_meta, Target::Other, as_root)?;
+    volume::write_marker(&target, &marker)?;
+    volume::end_restore(&target)?;
+    apply_meta(&target, &manifest.root_meta, Target::Other, as_root)?;
+    // Everything above changed ctimes before this instant; anything later is the workload's.
+    let root_md = fs::symlink_metadata(&target).at(&target)?;
+    marker.root_mtime_ns = i64::try_from(ns(root_md.mtime(), root_md.mtime_nsec())).ok();
+    marker.synced_ns = Some(volume::now_ns());
+    volume::rewrite_marker(&target, &marker)?;
+
+    if let Some((index, synced)) = seed_index {
+        let seeded = async {
+            synced
+                .await
+                .map_err(|e| Error::Invalid(format!("index sync panicked: {e}")))??;
+            let (t, trees, ws) = (target.clone(), trees.clone(), workspace.clone());
+            tokio::task::spawn_blocking(move || seed_stat_cache(&index, &ws, &trees, &root, &t))
+                .await
+                .map_err(|e| Error::Invalid(format!("stat-cache seeding panicked: {e}")))?
+        }
+        .await;
+        match seeded {
+            Ok(n) => report.seeded = n,
+            // A cache: the next backup reads more, nothing else.
+            Err(e) => {
+                tracing::warn!(error = %e, "could not seed the local index; the next backup reads every file")
+            }
+        }
+    }
     report.elapsed = started.elapsed();
     Ok(report)
 }
 
-fn write_marker(target: &Path, marker: &RestoreMarker) -> Result<()> {
-    let path = target.join(RESTORE_MARKER);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".cairn-marker-")
-        .tempfile_in(target)
-        .at(target)?;
-    serde_json::to_writer_pretty(&mut tmp, marker).map_err(|e| Error::io(&path, e.into()))?;
-    tmp.as_file().sync_all().at(&path)?;
-    tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
-    File::open(target).and_then(|d| d.sync_all()).at(target)?;
-    Ok(())
+/// Records every restored file's identity and content in the stat cache.
+fn seed_stat_cache(
+    index: &LocalIndex,
+    workspace: &str,
+    trees: &SnapshotTrees,
+    root: &BlobId,
+    target: &Path,
+) -> Result<u64> {
+    let mut files = Vec::new();
+    trees.walk(root, &mut |rel, e| {
+        if let Node::File { extents, .. } = &e.node {
+            files.push((rel.to_vec(), extents.clone()));
+        }
+        Ok(())
+    })?;
+    let entries: Vec<(Vec<u8>, StatEntry)> = files
+        .into_par_iter()
+        .filter_map(|(rel, extents)| {
+            let md = fs::symlink_metadata(target.join(OsStr::from_bytes(&rel))).ok()?;
+            md.is_file().then(|| {
+                let entry = StatEntry {
+                    size: md.len(),
+                    mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+                    ctime_ns: ns(md.ctime(), md.ctime_nsec()),
+                    ino: md.ino(),
+                    extents,
+                };
+                (rel, entry)
+            })
+        })
+        .collect();
+    index.put_stats(workspace, &entries)?;
+    Ok(entries.len() as u64)
 }
 
-/// Walks the trees, creating directories, symlinks and special files, and lists the content work.
-fn plan(trees: &SnapshotTrees, root: &cairn_formats::BlobId, target: &Path) -> Result<Plan> {
-    let mut plan = Plan::default();
-    let mut groups: HashMap<u64, usize> = HashMap::new();
-    trees.walk(root, &mut |rel, e: &Entry| {
-        let path = target.join(OsStr::from_bytes(rel));
+/// Builds the plan of a whole snapshot, creating directories, links and special files on the way.
+fn plan_full(trees: &SnapshotTrees, root: &BlobId, target: &Path, exact: bool) -> Result<Plan> {
+    let mut p = Planner::new(trees, exact);
+    if exact {
+        p.prune(target, root, true)?;
+    }
+    p.subtree(target, root)?;
+    Ok(p.plan)
+}
+
+/// Builds the plan that turns a target holding `old_root` (unchanged) into `root`: identical
+/// subtrees are skipped without a look; changed entries are removed and re-created, and the files
+/// they replace are staged so their chunks are copied rather than fetched. `None` if the
+/// snapshots differ in hard-linked files, which only a full restore lays out right.
+fn plan_update(
+    trees: &SnapshotTrees,
+    old: &SnapshotTrees,
+    root: &BlobId,
+    old_root: &BlobId,
+    target: &Path,
+) -> Result<Option<Plan>> {
+    let mut diff = Diff::default();
+    diff.dir(trees, old, target, root, old_root)?;
+    if diff.links {
+        return Ok(None);
+    }
+    let mut p = Planner::new(trees, false);
+    // Stage what goes away (files by rename, for their chunks), then create what is new.
+    let staging = target.join(volume::STAGING_DIR);
+    let mut sources: HashMap<BlobId, (usize, u64, u32)> = HashMap::new();
+    for (path, entry) in &diff.removes {
+        p.plan.removed += 1;
+        let mut files = Vec::new();
+        match &entry.node {
+            Node::File { extents, .. } => files.push((path.clone(), extents.clone())),
+            Node::Dir { tree } => old.walk(tree, &mut |rel, e| {
+                if let Node::File { extents, .. } = &e.node {
+                    files.push((path.join(OsStr::from_bytes(rel)), extents.clone()));
+                }
+                Ok(())
+            })?,
+            _ => {}
+        }
+        for (from, extents) in files {
+            if p.plan.local.is_empty() {
+                ensure_dir(&staging)?;
+            }
+            let staged = staging.join(p.plan.local.len().to_string());
+            if fs::rename(&from, &staged).is_err() {
+                continue; // gone or on another file system: fetched instead
+            }
+            let mut offset = 0u64;
+            for x in &extents {
+                if let Extent::Chunk { id, len } = x {
+                    sources.entry(*id).or_insert((p.plan.local.len(), offset, *len));
+                }
+                offset += x.len();
+            }
+            p.plan.local.push((staged, Vec::new()));
+        }
+        clear(path)?;
+    }
+    p.sources = Some(sources);
+    for (path, entry) in &diff.adds {
+        p.entry(path.clone(), entry)?;
+        if let Node::Dir { tree } = &entry.node {
+            p.subtree(path, tree)?;
+        }
+    }
+    p.plan.others.extend(diff.meta_only);
+    // Changed directories were recorded parents first, as the full walk does.
+    p.plan.dirs.extend(diff.dirs);
+    Ok(Some(p.plan))
+}
+
+/// The differences between two snapshots' trees, found without touching the disk.
+#[derive(Default)]
+struct Diff {
+    removes: Vec<(PathBuf, Entry)>,
+    adds: Vec<(PathBuf, Entry)>,
+    meta_only: Vec<(PathBuf, Meta, Target)>,
+    dirs: Vec<(PathBuf, Meta)>,
+    /// A hard-linked file is among the changes.
+    links: bool,
+}
+
+impl Diff {
+    fn dir(
+        &mut self,
+        new: &SnapshotTrees,
+        old: &SnapshotTrees,
+        path: &Path,
+        id: &BlobId,
+        old_id: &BlobId,
+    ) -> Result<()> {
+        if id == old_id {
+            return Ok(());
+        }
+        let (a, b) = (new.tree(id)?, old.tree(old_id)?);
+        let (mut i, mut j) = (0, 0);
+        while i < a.entries.len() || j < b.entries.len() {
+            let order = match (a.entries.get(i), b.entries.get(j)) {
+                (Some(x), Some(y)) => x.name.cmp(&y.name),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                _ => std::cmp::Ordering::Greater,
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    let e = &a.entries[i];
+                    self.add(new, path.join(OsStr::from_bytes(&e.name)), e)?;
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    let e = &b.entries[j];
+                    self.removes
+                        .push((path.join(OsStr::from_bytes(&e.name)), e.clone()));
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    let (e, o) = (&a.entries[i], &b.entries[j]);
+                    let child = path.join(OsStr::from_bytes(&e.name));
+                    match (&e.node, &o.node) {
+                        (Node::Dir { tree }, Node::Dir { tree: old_tree }) => {
+                            if tree != old_tree || e.meta != o.meta {
+                                self.dirs.push((child.clone(), e.meta.clone()));
+                            }
+                            self.dir(new, old, &child, tree, old_tree)?;
+                        }
+                        _ if same_node(&e.node, &o.node) => {
+                            if e.meta != o.meta {
+                                let kind = match e.node {
+                                    Node::Symlink { .. } => Target::Symlink,
+                                    _ => Target::Other,
+                                };
+                                self.meta_only.push((child, e.meta.clone(), kind));
+                            }
+                        }
+                        _ => {
+                            self.removes.push((child.clone(), o.clone()));
+                            self.add(new, child, e)?;
+                        }
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, new: &SnapshotTrees, path: PathBuf, e: &Entry) -> Result<()> {
         match &e.node {
-            Node::Dir { .. } => {
-                ensure_dir(&path)?;
-                plan.dirs.push((path, e.meta.clone()));
+            Node::File { link_group, .. } => self.links |= link_group.is_some(),
+            Node::Dir { tree } => new.walk(tree, &mut |_, e| {
+                if let Node::File {
+                    link_group: Some(_), ..
+                } = e.node
+                {
+                    self.links = true;
+                }
+                Ok(())
+            })?,
+            _ => {}
+        }
+        self.adds.push((path, e.clone()));
+        Ok(())
+    }
+}
+
+/// Whether two entries' nodes have the same content. Link-group ids are inode numbers of the
+/// backed-up volume, so they differ between snapshots of different volumes for the same files;
+/// what counts is whether the file is hard-linked at all. (A file that stays linked but to other
+/// names is not re-linked by an update; its bytes are right.)
+fn same_node(a: &Node, b: &Node) -> bool {
+    match (a, b) {
+        (
+            Node::File {
+                size,
+                extents,
+                link_group,
+            },
+            Node::File {
+                size: s2,
+                extents: e2,
+                link_group: g2,
+            },
+        ) => size == s2 && extents == e2 && link_group.is_some() == g2.is_some(),
+        _ => a == b,
+    }
+}
+
+/// Lays out entries: creates directories, links and special files, and lists file content.
+struct Planner<'a> {
+    trees: &'a SnapshotTrees,
+    plan: Plan,
+    groups: HashMap<u64, usize>,
+    exact: bool,
+    /// Chunks of staged files (update restores): id -> (staged file, offset, length).
+    sources: Option<HashMap<BlobId, (usize, u64, u32)>>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(trees: &'a SnapshotTrees, exact: bool) -> Self {
+        Planner {
+            trees,
+            plan: Plan::default(),
+            groups: HashMap::new(),
+            exact,
+            sources: None,
+        }
+    }
+
+    /// Plans every entry below the directory `dir` (whose tree is `id`), parents first.
+    fn subtree(&mut self, dir: &Path, id: &BlobId) -> Result<()> {
+        let trees = self.trees;
+        trees.walk(id, &mut |rel, e| self.entry(dir.join(OsStr::from_bytes(rel)), e))
+    }
+
+    /// Removes whatever is in `dir` that the tree `id` does not list.
+    fn prune(&mut self, dir: &Path, id: &BlobId, is_root: bool) -> Result<()> {
+        let tree = self.trees.tree(id)?;
+        let keep: std::collections::HashSet<&[u8]> = tree.entries.iter().map(|e| e.name.as_slice()).collect();
+        for ent in fs::read_dir(dir).at(dir)? {
+            let name = ent.at(dir)?.file_name();
+            let n = name.as_bytes();
+            let ours = is_root && volume::is_volume_file(n);
+            if !(keep.contains(n) || ours) {
+                clear(&dir.join(&name))?;
+                self.plan.removed += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, path: PathBuf, e: &Entry) -> Result<()> {
+        match &e.node {
+            Node::Dir { tree } => {
+                if ensure_dir(&path)? && self.exact {
+                    self.prune(&path, tree, false)?;
+                }
+                self.plan.dirs.push((path, e.meta.clone()));
             }
             Node::File {
                 size,
                 extents,
                 link_group,
             } => {
-                let idx = plan.files.len();
+                let idx = self.plan.files.len();
                 let link_to = match link_group {
-                    Some(g) => match groups.get(g) {
+                    Some(g) => match self.groups.get(g) {
                         Some(first) => Some(*first),
                         None => {
-                            groups.insert(*g, idx);
+                            self.groups.insert(*g, idx);
                             None
                         }
                     },
@@ -302,23 +671,33 @@ fn plan(trees: &SnapshotTrees, root: &cairn_formats::BlobId, target: &Path) -> R
                     let mut offset = 0u64;
                     for x in extents {
                         if let Extent::Chunk { id, .. } = x {
-                            let loc = trees.locations().get(id)?;
-                            if loc.kind != PackKind::Data {
-                                return Err(Error::Corrupt {
-                                    object: format!("blob {id}"),
-                                    detail: "file content located in a metadata pack".into(),
+                            if let Some(&(src, from, len)) = self.sources.as_ref().and_then(|s| s.get(id)) {
+                                self.plan.local[src].1.push(LocalNeed {
+                                    id: *id,
+                                    from,
+                                    len,
+                                    file: idx,
+                                    offset,
+                                });
+                            } else {
+                                let loc = self.trees.locations().get(id)?;
+                                if loc.kind != PackKind::Data {
+                                    return Err(Error::Corrupt {
+                                        object: format!("blob {id}"),
+                                        detail: "file content located in a metadata pack".into(),
+                                    });
+                                }
+                                self.plan.needs.entry(loc.pack).or_default().push(Need {
+                                    entry: loc.entry,
+                                    file: idx,
+                                    offset,
                                 });
                             }
-                            plan.needs.entry(loc.pack).or_default().push(Need {
-                                entry: loc.entry,
-                                file: idx,
-                                offset,
-                            });
                         }
                         offset += x.len();
                     }
                 }
-                plan.files.push(FilePlan {
+                self.plan.files.push(FilePlan {
                     path,
                     meta: e.meta.clone(),
                     size: *size,
@@ -328,7 +707,7 @@ fn plan(trees: &SnapshotTrees, root: &cairn_formats::BlobId, target: &Path) -> R
             Node::Symlink { target: to } => {
                 clear(&path)?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(to), &path).at(&path)?;
-                plan.others.push((path, e.meta.clone(), Target::Symlink));
+                self.plan.others.push((path, e.meta.clone(), Target::Symlink));
             }
             Node::Fifo | Node::CharDevice { .. } | Node::BlockDevice { .. } => {
                 clear(&path)?;
@@ -346,23 +725,57 @@ fn plan(trees: &SnapshotTrees, root: &cairn_formats::BlobId, target: &Path) -> R
                     dev,
                 )
                 .map_err(|err| Error::io(&path, err.into()))?;
-                plan.others.push((path, e.meta.clone(), Target::Other));
+                self.plan.others.push((path, e.meta.clone(), Target::Other));
             }
         }
         Ok(())
-    })?;
-    Ok(plan)
+    }
+}
+
+/// Copies chunks from a staged file, each verified against its id. Returns the needs whose bytes
+/// did not verify (to fetch instead) and the bytes copied.
+fn copy_local(plan: &Plan, src: &Path, needs: Vec<LocalNeed>) -> Result<(Vec<LocalNeed>, u64)> {
+    let Ok(f) = File::open(src) else {
+        return Ok((needs, 0));
+    };
+    let mut open: HashMap<usize, File> = HashMap::new();
+    let mut failed = Vec::new();
+    let mut copied = 0u64;
+    let mut buf = Vec::new();
+    for n in needs {
+        buf.resize(n.len as usize, 0);
+        if f.read_exact_at(&mut buf, n.from).is_err() || BlobId::of(&buf) != n.id {
+            failed.push(n);
+            continue;
+        }
+        let path = &plan.files[n.file].path;
+        let out = match open.entry(n.file) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                    .open(path)
+                    .at(path)?,
+            ),
+        };
+        out.write_all_at(&buf, n.offset).at(path)?;
+        copied += buf.len() as u64;
+    }
+    Ok((failed, copied))
 }
 
 /// Makes `path` a real directory: keeps one, replaces anything else (a symlink is never followed).
-fn ensure_dir(path: &Path) -> Result<()> {
+/// Returns whether a directory was already there.
+fn ensure_dir(path: &Path) -> Result<bool> {
     match fs::symlink_metadata(path) {
-        Ok(md) if md.is_dir() => return Ok(()),
+        Ok(md) if md.is_dir() => return Ok(true),
         Ok(_) => fs::remove_file(path).at(path)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(path, e)),
     }
-    fs::create_dir(path).at(path)
+    fs::create_dir(path).at(path)?;
+    Ok(false)
 }
 
 /// Removes whatever is at `path` (a file, a link, a directory tree) so a new entry can be created.

@@ -27,8 +27,31 @@ impl SnapshotTrees {
     /// # Errors
     /// Missing or corrupt index records or packs, naming the store key.
     pub async fn load(repo: &Repo, manifest: &Manifest) -> Result<Self> {
+        Self::load_with(repo, manifest, None).await
+    }
+
+    /// [`SnapshotTrees::load`] for a second snapshot, taking the metadata packs `other` already
+    /// holds from memory (two snapshots of one workspace share most of them).
+    ///
+    /// # Errors
+    /// As [`SnapshotTrees::load`].
+    pub async fn load_sharing(repo: &Repo, manifest: &Manifest, other: &SnapshotTrees) -> Result<Self> {
+        Self::load_with(repo, manifest, Some(other)).await
+    }
+
+    async fn load_with(repo: &Repo, manifest: &Manifest, other: Option<&SnapshotTrees>) -> Result<Self> {
         let locations = repo.locations(manifest).await?;
-        let meta_packs = stream::iter(locations.packs(PackKind::Meta))
+        let mut meta_packs = HashMap::new();
+        let mut missing = Vec::new();
+        for pack in locations.packs(PackKind::Meta) {
+            match other.and_then(|o| o.meta_packs.get(&pack)) {
+                Some(bytes) => {
+                    meta_packs.insert(pack, bytes.clone());
+                }
+                None => missing.push(pack),
+            }
+        }
+        let fetched: Vec<(PackId, Bytes)> = stream::iter(missing)
             .map(|pack| async move {
                 let got = repo.store().get(&pack_key(PackKind::Meta, &pack)).await?;
                 Ok::<_, Error>((pack, got.data))
@@ -36,6 +59,7 @@ impl SnapshotTrees {
             .buffer_unordered(READ_CONCURRENCY)
             .try_collect()
             .await?;
+        meta_packs.extend(fetched);
         Ok(SnapshotTrees {
             locations,
             meta_packs,

@@ -15,7 +15,8 @@ use rayon::prelude::*;
 use crate::meta::{is_root, read_meta};
 use crate::progress::Progress;
 use crate::tree::SnapshotTrees;
-use crate::{Result, RESTORE_MARKER};
+use crate::volume::is_volume_file;
+use crate::Result;
 
 /// What a verification found.
 #[derive(Clone, Debug, Default)]
@@ -129,7 +130,7 @@ pub fn verify_dir(
                 r.push(b'/');
             }
             r.extend_from_slice(name.as_bytes());
-            if rel.is_empty() && name.as_bytes() == RESTORE_MARKER.as_bytes() {
+            if rel.is_empty() && is_volume_file(name.as_bytes()) {
                 continue;
             }
             if !expected.contains(&r) {

@@ -186,9 +186,10 @@ fn sample_pack() -> Vec<u8> {
 }
 
 fn golden(name: &str, bytes: &[u8]) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden/v1")
-        .join(name);
+    // `cargo test` sets the variable at run time too; prefer it, so a test binary built in a
+    // shared target directory from another checkout reads this checkout's files.
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let path = std::path::Path::new(&dir).join("tests/golden/v1").join(name);
     if std::env::var_os("CAIRN_WRITE_GOLDEN").is_some() && !path.exists() {
         std::fs::write(&path, bytes).expect("write golden file");
     }

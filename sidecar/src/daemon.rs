@@ -13,8 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, Context};
 use cairn_engine::{
-    backup, default_cache_dir, open_store, unix_now, BackupOptions, Error, Heartbeat, HeartbeatWriter,
-    Progress, Repo,
+    backup, default_cache_dir, unix_now, BackupOptions, Heartbeat, HeartbeatWriter, Progress, Repo,
 };
 use futures::future::{BoxFuture, FutureExt, Shared};
 use rand::Rng;
@@ -76,26 +75,15 @@ impl Daemon {
     /// Opens the repository, retrying transient failures (credentials can take seconds to appear
     /// on a new pod) with backoff; a bad URL or a missing repository is final.
     async fn open_repo(&self) -> anyhow::Result<()> {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            let opened = async { Repo::open(open_store(&self.args.store).await?).await }.await;
-            match opened {
-                Ok(repo) => {
-                    let _ = self.repo.set(repo);
-                    self.ready.store(true, Ordering::Relaxed);
-                    tracing::info!(store = %self.args.store, workspace = %self.args.workspace, "repository open; ready");
-                    return Ok(());
-                }
-                Err(e @ (Error::Invalid(_) | Error::NoRepository { .. })) => {
-                    return Err(anyhow!(e)).context("cannot open the repository");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "repository not reachable yet");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
-                }
-            }
-        }
+        let repo = Repo::open_waiting(&self.args.store, None, |e, delay| {
+            tracing::warn!(error = %e, retry_in = ?delay, "repository not reachable yet");
+        })
+        .await
+        .context("cannot open the repository")?;
+        let _ = self.repo.set(repo);
+        self.ready.store(true, Ordering::Relaxed);
+        tracing::info!(store = %self.args.store, workspace = %self.args.workspace, "repository open; ready");
+        Ok(())
     }
 
     fn next_wait(&self) -> Duration {
@@ -263,6 +251,7 @@ impl Daemon {
             time: unix_now(),
             last_snapshot: last.as_ref().map(|l| l.0.clone()),
             last_success: last.map(|l| l.1),
+            interval: Some(self.args.heartbeat_interval.as_secs().max(1)),
         };
         if let Err(e) = writer.beat(repo.store().as_ref(), &hb).await {
             tracing::warn!(error = %e, "heartbeat not written");

@@ -109,10 +109,7 @@ impl TestRepo {
     ) -> cairn_engine::Result<RestoreReport> {
         let s = snapshot.map(|s| s.to_hex());
         let (id, m) = self.repo.resolve(ws, s.as_deref()).await?;
-        let opts = RestoreOptions {
-            target: target.to_path_buf(),
-            owners: None,
-        };
+        let opts = RestoreOptions::new(target);
         restore(&self.repo, id, &m, &opts, Arc::new(Progress::default())).await
     }
 

@@ -1,16 +1,46 @@
-//! `initctl restore`
+//! `initctl restore`: a plain restore of a named snapshot, or (for `latest`, the init container's
+//! job) a reconcile of the workspace volume with the workspace's head.
+//!
+//! The reconcile, in order:
+//! 1. Wait (bounded by `--wait-previous`) while another pod's sidecar of this workspace still
+//!    runs, so its final snapshot is sealed before this pod picks the latest; past the bound,
+//!    go on with the last sealed snapshot and report a degraded start.
+//! 2. Look at the volume (see the engine's `volume.rs`):
+//!    - empty, or left by an interrupted restore: restore the head, else the `--base`, else start
+//!      empty; an interrupted restore is redone and what the snapshot lacks is removed;
+//!    - marked with the head's snapshot and unchanged since: nothing to do (milliseconds);
+//!    - marked with an older snapshot and unchanged since: bring it up to date, writing only what
+//!      differs and copying chunks of replaced files from disk;
+//!    - changed since its marker (the node died before the final checkpoint), or content without
+//!      a marker: never rolled back. Back it up first (`--local-changes backup`, the default: it
+//!      becomes the head unless a newer one exists) or keep it as is (`keep`), and exit 0.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use cairn_engine::{read_marker, restore, Progress, RestoreOptions};
+use anyhow::{bail, Context, Result};
+use cairn_engine::formats::{Manifest, SnapshotId};
+use cairn_engine::{
+    backup, heartbeats, inspect, local_changes, unix_now, BackupOptions, LocalChanges, Progress, Repo,
+    RestoreMarker, RestoreOptions, VolumeState,
+};
 use clap::builder::BoolishValueParser;
-use clap::Args;
+use clap::{Args, ValueEnum};
+use serde_json::{json, Value};
 
 use crate::{exit, output, Global};
 
-/// Restore a snapshot.
+/// What to do with a volume that has changes its snapshot does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LocalChangesPolicy {
+    /// Back the volume up first (a new snapshot), then start on it.
+    Backup,
+    /// Start on it as it is; the sidecar's next checkpoint saves the changes.
+    Keep,
+}
+
+/// Restore a snapshot; for the latest, reconcile the volume with the workspace (init containers).
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
     /// The workspace to restore.
@@ -26,107 +56,404 @@ pub struct RestoreArgs {
     /// WORKSPACE@SNAPSHOT. Without it, such a workspace starts empty.
     #[arg(long, env = "CAIRN_BASE")]
     base: Option<String>,
+    /// How long to wait for another pod of this workspace whose sidecar still runs (its final
+    /// snapshot not sealed yet) before restoring the last sealed one; 0 does not wait.
+    #[arg(long, env = "CAIRN_WAIT_PREVIOUS", default_value = "60s", value_parser = parse_duration)]
+    wait_previous: Duration,
+    /// How long to keep retrying a store that cannot be reached or refuses the credentials
+    /// (a new pod's credentials can take seconds to appear).
+    #[arg(long, env = "CAIRN_STORE_WAIT", default_value = "60s", value_parser = parse_duration)]
+    store_wait: Duration,
+    /// A volume with changes its snapshot does not have (the pod's node died before the final
+    /// checkpoint) is never rolled back: back the changes up first, or keep them unsaved.
+    #[arg(long, env = "CAIRN_LOCAL_CHANGES", value_enum, default_value = "backup")]
+    local_changes: LocalChangesPolicy,
+    /// This pod's name, as its sidecar writes heartbeats (default: $HOSTNAME, the pod name).
+    #[arg(long, env = "CAIRN_HOST")]
+    host: Option<String>,
     /// The directory to restore into (created if missing).
     #[arg(env = "CAIRN_TARGET")]
     target: PathBuf,
 }
 
 pub async fn run(g: &Global, a: RestoreArgs) -> Result<u8> {
-    let repo = super::open(g).await?;
-    let latest = a.snapshot == "latest";
-    // A workspace's first pod: start from the base snapshot, or empty.
-    if latest && repo.head(&a.workspace).await?.is_none() {
-        let Some(base) = &a.base else {
-            std::fs::create_dir_all(&a.target).with_context(|| format!("creating {}", a.target.display()))?;
-            report_no_restore(
-                g,
-                &a,
-                "empty",
-                &format!(
-                    "workspace {} has no snapshot and no --base was given: starting with {} as it is",
-                    a.workspace,
-                    a.target.display()
-                ),
-            );
-            return Ok(exit::OK);
+    let started = Instant::now();
+    let repo = Repo::open_waiting(&g.store, Some(a.store_wait), |e, delay| {
+        if !g.quiet && !g.json {
+            eprintln!("initctl: store not reachable yet ({e}); retrying in {delay:?}");
+        }
+    })
+    .await?;
+    if a.snapshot != "latest" {
+        let (id, manifest) = repo.resolve(&a.workspace, Some(&a.snapshot)).await?;
+        let opts = options(g, &a);
+        let mut out = Reconcile {
+            detail: Some(do_restore(g, &a, &repo, id, &manifest, opts).await?),
+            ..Reconcile::default()
         };
+        out.set(
+            "restore",
+            format!("restored snapshot {} of {}", id.short(), a.workspace),
+        );
+        report(g, &a, started, &out);
+        return Ok(exit::OK);
+    }
+    let mut out = Reconcile::default();
+    wait_for_previous(g, &a, &repo, &mut out).await?;
+    let head = repo.head(&a.workspace).await?.map(|(h, _)| h.snapshot);
+    match inspect(&a.target)? {
+        state @ (VolumeState::Empty | VolumeState::Restoring) => {
+            let exact = state == VolumeState::Restoring;
+            if exact {
+                out.notes
+                    .push("an earlier restore of this volume was interrupted; finishing it".into());
+            }
+            start_fresh(g, &a, &repo, head, exact, &mut out).await?;
+        }
+        VolumeState::Marked(m) if m.workspace != a.workspace => bail!(
+            "{} holds workspace {:?}, not {:?}: give this workspace its own volume, or restore with \
+             --workspace {}",
+            a.target.display(),
+            m.workspace,
+            a.workspace,
+            m.workspace
+        ),
+        VolumeState::Marked(m) => {
+            let changes = local_changes(&a.target, &m)?;
+            reconcile_marked(g, &a, &repo, head, &m, changes, &mut out).await?;
+        }
+        VolumeState::Unmarked => {
+            // Adopt the content: a marker that says nothing is known, then treat it as changed.
+            let m = RestoreMarker {
+                workspace: a.workspace.clone(),
+                snapshot: None,
+                snapshot_time: None,
+                from: None,
+                restored_at: cairn_engine::formats::Timestamp::now().to_rfc3339(),
+                synced_ns: None,
+                root_mtime_ns: None,
+            };
+            cairn_engine::adopt_volume(&a.target, &m)?;
+            let changes = LocalChanges {
+                changed: true,
+                examples: vec!["(content without a Cairn marker)".into()],
+            };
+            reconcile_marked(g, &a, &repo, head, &m, changes, &mut out).await?;
+        }
+    }
+    report(g, &a, started, &out);
+    Ok(exit::OK)
+}
+
+/// What the reconcile did, for the report.
+#[derive(Default)]
+struct Reconcile {
+    action: String,
+    message: String,
+    /// Another pod's final snapshot was not sealed in time.
+    degraded: bool,
+    notes: Vec<String>,
+    detail: Option<Value>,
+}
+
+impl Reconcile {
+    fn set(&mut self, action: &str, message: String) {
+        self.action = action.into();
+        self.message = message;
+    }
+}
+
+fn options(g: &Global, a: &RestoreArgs) -> RestoreOptions {
+    let mut o = RestoreOptions::new(&a.target);
+    o.owners = a.owners;
+    o.workspace = Some(a.workspace.clone());
+    o.cache_dir = Some(super::cache_dir(g));
+    o
+}
+
+/// Step 1: wait while another pod's sidecar of this workspace runs.
+async fn wait_for_previous(g: &Global, a: &RestoreArgs, repo: &Repo, out: &mut Reconcile) -> Result<()> {
+    if a.wait_previous.is_zero() {
+        return Ok(());
+    }
+    let me = host(a);
+    let deadline = Instant::now() + a.wait_previous;
+    let mut said = false;
+    loop {
+        let live: Vec<String> = heartbeats(repo, Some(&a.workspace))
+            .await?
+            .into_iter()
+            .filter(|h| h.host != me && h.is_live(unix_now()))
+            .map(|h| h.host)
+            .collect();
+        if live.is_empty() {
+            if said {
+                out.notes
+                    .push("the previous pod sealed its final snapshot".into());
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            out.notes.push(format!(
+                "degraded start: pod {} of this workspace did not seal a final snapshot within \
+                 --wait-previous {:?}; starting from the last sealed one",
+                live.join(", "),
+                a.wait_previous
+            ));
+            out.degraded = true;
+            return Ok(());
+        }
+        if !said && !g.quiet && !g.json {
+            eprintln!(
+                "initctl: waiting up to {:?} for pod {} of workspace {} to seal its final snapshot",
+                a.wait_previous,
+                live.join(", "),
+                a.workspace
+            );
+        }
+        said = true;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    cairn_engine::parse_duration(s).ok_or_else(|| format!("{s:?}: expected a duration like 30s or 5m"))
+}
+
+fn host(a: &RestoreArgs) -> String {
+    a.host
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sidecar".into())
+}
+
+/// An empty volume (or one an interrupted restore left): the head, the base, or nothing.
+async fn start_fresh(
+    g: &Global,
+    a: &RestoreArgs,
+    repo: &Repo,
+    head: Option<SnapshotId>,
+    exact: bool,
+    out: &mut Reconcile,
+) -> Result<()> {
+    let mut opts = options(g, a);
+    opts.exact = exact;
+    if let Some(id) = head {
+        let manifest = repo.manifest(&a.workspace, &id).await?;
+        out.detail = Some(do_restore(g, a, repo, id, &manifest, opts).await?);
+        out.set("restore", format!("restored snapshot {}", id.short()));
+        return Ok(());
+    }
+    if let Some(base) = &a.base {
         let (ws, snap) = base.split_once('@').unwrap_or((base.as_str(), "latest"));
         let (id, manifest) = repo
             .resolve(ws, Some(snap))
             .await
             .with_context(|| format!("--base {base}"))?;
-        if !g.quiet && !g.json {
-            eprintln!(
-                "workspace {} has no snapshot: starting from base {ws}@{}",
+        out.detail = Some(do_restore(g, a, repo, id, &manifest, opts).await?);
+        out.set(
+            "restore",
+            format!(
+                "workspace {} has no snapshot: started from base {ws}@{}",
                 a.workspace,
                 id.short()
-            );
-        }
-        return finish(g, &a, &repo, id, &manifest).await;
+            ),
+        );
+        return Ok(());
     }
-    let (id, manifest) = repo.resolve(&a.workspace, Some(&a.snapshot)).await?;
-    // Re-run on a volume already holding this snapshot (an init container after a pod restart).
-    if read_marker(&a.target).is_some_and(|m| m.snapshot == id && m.workspace == a.workspace) {
-        report_no_restore(
-            g,
-            &a,
-            "none",
-            &format!(
-                "{} already holds snapshot {} of {}: nothing to do",
+    std::fs::create_dir_all(&a.target).with_context(|| format!("creating {}", a.target.display()))?;
+    if exact {
+        bail!(
+            "{} was left by an interrupted restore, and workspace {} has no snapshot to finish it \
+             from: clear the volume, or give --base",
+            a.target.display(),
+            a.workspace
+        );
+    }
+    cairn_engine::mark_empty(&a.target, &a.workspace)?;
+    out.set(
+        "empty",
+        format!(
+            "workspace {} has no snapshot and no --base was given: starting with {} empty",
+            a.workspace,
+            a.target.display()
+        ),
+    );
+    Ok(())
+}
+
+/// A volume with a marker of this workspace.
+async fn reconcile_marked(
+    g: &Global,
+    a: &RestoreArgs,
+    repo: &Repo,
+    head: Option<SnapshotId>,
+    m: &RestoreMarker,
+    changes: LocalChanges,
+    out: &mut Reconcile,
+) -> Result<()> {
+    let held = m.snapshot.map_or_else(
+        || "no snapshot".to_string(),
+        |s| format!("snapshot {}", s.short()),
+    );
+    let current = head.is_none() || head == m.snapshot;
+    if changes.changed {
+        let what = changes.examples.join(", ");
+        if a.local_changes == LocalChangesPolicy::Keep {
+            let behind = if current {
+                String::new()
+            } else {
+                format!(
+                    "; the workspace's latest is {}, not applied",
+                    head.map(|h| h.short()).unwrap_or_default()
+                )
+            };
+            out.set(
+                "kept",
+                format!(
+                    "{} has changes since {held} ({what}): kept as is, unsaved until the next checkpoint{behind}",
+                    a.target.display()
+                ),
+            );
+            return Ok(());
+        }
+        let opts = BackupOptions {
+            workspace: a.workspace.clone(),
+            source: std::path::absolute(&a.target).with_context(|| a.target.display().to_string())?,
+            cache_dir: super::cache_dir(g),
+            tags: vec!["local-changes".into()],
+            host: Some(host(a)),
+        };
+        let progress = Arc::new(Progress::default());
+        let bar = output::Bar::start(g, "backup", progress.clone());
+        let r = backup(repo, &opts, progress).await;
+        bar.finish();
+        let r = r.with_context(|| format!("backing up the local changes on {}", a.target.display()))?;
+        for w in &r.warnings {
+            out.notes.push(w.clone());
+        }
+        let tail = if r.is_head {
+            "it is the latest".to_string()
+        } else {
+            "a newer snapshot by another pod stays the latest; this volume keeps its own state".to_string()
+        };
+        out.set(
+            "backup",
+            format!(
+                "{} had changes since {held} ({what}): saved them first as snapshot {} ({} files read); {tail}",
                 a.target.display(),
-                id.short(),
+                r.snapshot.short(),
+                r.stats.files_read
+            ),
+        );
+        out.detail = Some(json!({ "snapshot": r.snapshot.to_hex(), "is_head": r.is_head,
+            "files_read": r.stats.files_read, "uploaded_bytes": r.stats.uploaded_bytes }));
+        return Ok(());
+    }
+    if current {
+        out.set(
+            "none",
+            format!(
+                "{} already holds {held} of {}: nothing to do",
+                a.target.display(),
                 a.workspace
             ),
         );
-        return Ok(exit::OK);
+        return Ok(());
     }
-    finish(g, &a, &repo, id, &manifest).await
+    let head = head.expect("invariant: not current means there is a head");
+    let manifest = repo.manifest(&a.workspace, &head).await?;
+    let mut opts = options(g, a);
+    if let Some(prev) = m.snapshot {
+        match previous_manifest(repo, a, m, prev).await {
+            Ok(pm) => opts.previous = Some((prev, pm)),
+            Err(e) => out
+                .notes
+                .push(format!("{held} is not readable ({e:#}); restoring in full")),
+        }
+    }
+    // Should the update fall back to a full restore, what the snapshot lacks must go.
+    opts.exact = true;
+    out.detail = Some(do_restore(g, a, repo, head, &manifest, opts).await?);
+    out.set(
+        "update",
+        format!(
+            "{} held {held}; brought up to {} of {}",
+            a.target.display(),
+            head.short(),
+            a.workspace
+        ),
+    );
+    Ok(())
 }
 
-fn report_no_restore(g: &Global, a: &RestoreArgs, action: &str, message: &str) {
-    if g.json {
-        output::json(&serde_json::json!({
-            "action": action, "workspace": a.workspace, "target": a.target, "message": message,
-        }));
-    } else if !g.quiet {
-        eprintln!("{message}");
-    }
+/// The manifest of the snapshot a volume holds (under the base's workspace when it came from one).
+async fn previous_manifest(
+    repo: &Repo,
+    a: &RestoreArgs,
+    m: &RestoreMarker,
+    id: SnapshotId,
+) -> Result<Manifest> {
+    let ws = m
+        .from
+        .as_deref()
+        .and_then(|f| f.split_once('@'))
+        .map_or(a.workspace.as_str(), |(w, _)| w);
+    Ok(repo.manifest(ws, &id).await?)
 }
 
-async fn finish(
+async fn do_restore(
     g: &Global,
     a: &RestoreArgs,
-    repo: &cairn_engine::Repo,
-    id: cairn_engine::formats::SnapshotId,
-    manifest: &cairn_engine::formats::Manifest,
-) -> Result<u8> {
+    repo: &Repo,
+    id: SnapshotId,
+    manifest: &Manifest,
+    opts: RestoreOptions,
+) -> Result<Value> {
     let progress = Arc::new(Progress::default());
     let bar = output::Bar::start(g, "restore", progress.clone());
-    let opts = RestoreOptions {
-        target: a.target.clone(),
-        owners: a.owners,
-    };
-    let r = restore(repo, id, manifest, &opts, progress).await;
+    let r = cairn_engine::restore(repo, id, manifest, &opts, progress).await;
     bar.finish();
     let r = r.with_context(|| format!("restore of snapshot {} into {}", id.short(), a.target.display()))?;
-    if g.json {
-        output::json(&serde_json::json!({
-            "action": "restore", "snapshot": id.to_hex(), "workspace": a.workspace, "target": a.target,
-            "files": r.files, "dirs": r.dirs, "others": r.others,
-            "bytes": r.bytes, "fetched": r.fetched, "seconds": r.elapsed.as_secs_f64(),
-        }));
-    } else if !g.quiet {
+    if !g.quiet && !g.json {
         eprintln!(
-            "restored snapshot {} of {} into {}: {} files, {} dirs, {} in {:.2}s ({:.0} MB/s)",
-            id.short(),
-            a.workspace,
-            a.target.display(),
+            "{} {} files, {} dirs, {} in {:.2}s ({:.0} MB/s); fetched {}, reused {} from disk, removed {}",
+            if r.update { "updated" } else { "restored" },
             r.files,
             r.dirs,
             output::bytes(r.bytes),
             r.elapsed.as_secs_f64(),
-            output::mbps(r.bytes, r.elapsed)
+            output::mbps(r.bytes, r.elapsed),
+            output::bytes(r.fetched),
+            output::bytes(r.reused),
+            r.removed,
         );
     }
-    Ok(exit::OK)
+    Ok(json!({
+        "snapshot": id.to_hex(), "update": r.update,
+        "files": r.files, "dirs": r.dirs, "others": r.others, "removed": r.removed,
+        "bytes": r.bytes, "fetched": r.fetched, "reused": r.reused, "seeded": r.seeded,
+        "seconds": r.elapsed.as_secs_f64(),
+    }))
+}
+
+fn report(g: &Global, a: &RestoreArgs, started: Instant, out: &Reconcile) {
+    if g.json {
+        let mut v = json!({
+            "action": out.action, "workspace": a.workspace, "target": a.target, "message": out.message,
+            "degraded": out.degraded, "notes": out.notes, "seconds": started.elapsed().as_secs_f64(),
+        });
+        if let Some(Value::Object(d)) = &out.detail {
+            for (k, val) in d {
+                v[k] = val.clone();
+            }
+        }
+        output::json(&v);
+    } else if !g.quiet {
+        for n in &out.notes {
+            eprintln!("initctl: {n}");
+        }
+        eprintln!("{}", out.message);
+    }
 }
