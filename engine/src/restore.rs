@@ -7,6 +7,11 @@
 //! applied after content (directories deepest first, so their times stick), the file system is
 //! synced, and the completion marker is written last.
 //!
+//! An update restore (the target holds an older snapshot, unchanged since: see `volume.rs`) plans
+//! only the difference between the two snapshots' trees: identical subtrees are skipped unseen,
+//! replaced and removed files are moved into a staging directory, and their chunks are copied from
+//! there (verified) instead of fetched.
+//!
 //! Invariant 8: names come from validated trees (one component each, no `..`, no `/`), every
 //! directory on the way is checked to be a real directory (a planted symlink is replaced, never
 //! followed), and files are created fresh with `O_EXCL | O_NOFOLLOW` after removing whatever was

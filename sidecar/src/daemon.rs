@@ -178,6 +178,7 @@ impl Daemon {
                     "ok": true,
                     "kind": kind.name(),
                     "snapshot": r.snapshot.to_hex(),
+                    "is_head": r.is_head,
                     "parent": r.parent.map(|p| p.to_hex()),
                     "files": s.files,
                     "files_read": s.files_read,
@@ -187,7 +188,7 @@ impl Daemon {
                     "seconds": seconds,
                 });
                 for w in &r.warnings {
-                    tracing::warn!(warning = %w, "entry left out of the checkpoint");
+                    tracing::warn!(warning = %w, "checkpoint warning");
                 }
                 tracing::info!(
                     kind = kind.name(),
