@@ -56,7 +56,7 @@ start() {
     "$cairn" restore --json "$3" >"$work/out.json"
   read -r wall rss <"$t"
   local detail
-  detail=$(python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); print(f"{v[\"action\"]}: fetched {v.get(\"fetched\",0)/2**20:.1f} MiB, reused {v.get(\"reused\",0)/2**20:.1f} MiB")' "$work/out.json")
+  detail=$(python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); print("%s: fetched %.1f MiB, reused %.1f MiB" % (v["action"], v.get("fetched",0)/2**20, v.get("reused",0)/2**20))' "$work/out.json")
   row "$1" "$wall" "$rss" "$detail"
 }
 same() { diff -r --no-dereference -x .cairn-snapshot "$1" "$2" >/dev/null || { echo "MISMATCH: $1 vs $2" >&2; exit 1; }; }
@@ -83,7 +83,7 @@ for round in $(seq "$rounds"); do
   kill -TERM "$sc"
   wait "$sc"
   t1=$(date +%s.%N)
-  detail=$(tail -1 "$work/sidecar-$round.out" | python3 -c 'import json,sys; v=json.loads(sys.stdin.read()); print(f"sealed={v[\"ok\"]}: read {v[\"files_read\"]} files, uploaded {v[\"uploaded_bytes\"]/2**20:.1f} MiB")')
+  detail=$(tail -1 "$work/sidecar-$round.out" | python3 -c 'import json,sys; v=json.loads(sys.stdin.read()); print("sealed=%s: read %d files, uploaded %.1f MiB" % (v["ok"], v["files_read"], v["uploaded_bytes"]/2**20))')
   row "stop, after one session (SIGTERM)" "$(python3 -c "print(f'{$t1 - $t0:.2f}')")" "$rss" "$detail"
   start "start, one session behind" "$ws" "$shm/behind-$round"
   same "$live" "$shm/behind-$round"

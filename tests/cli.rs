@@ -38,6 +38,19 @@ impl Cli {
         assert!(o.status.success(), "initctl {args:?} failed: {}", stderr(&o));
         stdout(&o)
     }
+
+    /// Objects under a prefix of the local store.
+    fn count_objects(&self, prefix: &str) -> usize {
+        walk_files(&self.dir.path().join("store").join(prefix)).len()
+    }
+
+    fn snapshot_count(&self, ws: &str) -> usize {
+        let o = self.ok(&["snapshots", "--workspace", ws, "--json"]);
+        serde_json::from_str::<serde_json::Value>(&o)
+            .expect("json")
+            .as_array()
+            .map_or(0, Vec::len)
+    }
 }
 
 fn code(o: &std::process::Output) -> i32 {
@@ -404,4 +417,79 @@ fn init_container_restore_is_idempotent_and_starts_from_a_base_or_empty() {
     make_writable(&base_src);
     make_writable(&forked);
     make_writable(&out);
+}
+
+#[test]
+fn fork_is_constant_time_and_forget_keeps_by_rules_and_never_the_head() {
+    let c = Cli::new();
+    c.ok(&["init"]);
+    let src = c.path("src");
+    build_everything_tree(&src, 41);
+    let s = src.display().to_string();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        write(&src.join("round"), format!("{i}").as_bytes());
+        ids.push(c.ok(&["backup", "--workspace", "base", &s]).trim().to_string());
+    }
+    let packs_before = c.count_objects("packs");
+
+    // A fork writes no data: same packs, and it restores as its source.
+    let fork = c.ok(&[
+        "fork",
+        "--from",
+        &format!("base@{}", &ids[1][..8]),
+        "--to",
+        "child",
+    ]);
+    assert_eq!(c.count_objects("packs"), packs_before, "a fork copies nothing");
+    let out = c.path("child");
+    c.ok(&["restore", "--workspace", "child", &out.display().to_string()]);
+    assert_eq!(std::fs::read(out.join("round")).expect("round"), b"1");
+    let again = c.run(&["fork", "--from", "base", "--to", "child"]);
+    assert!(
+        !again.status.success() && stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    assert!(fork.trim().len() == 64, "{fork}");
+
+    // forget: a dry run changes nothing; --keep-last 1 keeps the newest (the head) only.
+    let o = c.run(&[
+        "forget",
+        "--workspace",
+        "base",
+        "--keep-last",
+        "2",
+        "--dry-run",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(v["remove"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(c.snapshot_count("base"), 4);
+    let o = c.run(&["forget", "--workspace", "base"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("no keep rule"),
+        "{}",
+        stderr(&o)
+    );
+    c.ok(&["forget", "--workspace", "base", "--keep-last", "1"]);
+    assert_eq!(c.snapshot_count("base"), 1);
+    // The fork still restores: it names its own manifest, whose records are still there.
+    let out2 = c.path("child2");
+    c.ok(&["restore", "--workspace", "child", &out2.display().to_string()]);
+    // Whole-workspace deletion takes the head too.
+    c.ok(&["forget", "--workspace", "child", "--all"]);
+    assert_eq!(c.snapshot_count("child"), 0);
+    let o = c.run(&[
+        "restore",
+        "--workspace",
+        "child",
+        "--snapshot",
+        &fork[..8],
+        &c.path("x").display().to_string(),
+    ]);
+    assert!(!o.status.success());
+    for d in [&src, &out, &out2] {
+        make_writable(d);
+    }
 }

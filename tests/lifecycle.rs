@@ -767,3 +767,33 @@ fn copy_tree(from: &Path, to: &Path) {
         .expect("cp");
     assert!(st.success());
 }
+
+#[test]
+fn init_retries_a_store_that_refuses_it_while_credentials_warm_up() {
+    let pod = Pod::new();
+    let o = pod.initctl(&["backup", pod.ws().to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = |faults: &str, wait: &str, vol: &Path| {
+        let mut env = pod.env();
+        env.push(("CAIRN_FAULTS", faults.into()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        initctl(
+            &["restore", "--store-wait", wait, vol.to_str().expect("utf-8")],
+            &env,
+        )
+    };
+    // Every request is refused (403) for the first 1.5 s of the process, then the store answers.
+    let vol = pod.path("vol");
+    let o = run("outage=1500ms", "30s", &vol);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("store not reachable yet"), "{}", stderr(&o));
+    assert_same_tree(&pod.ws(), &vol);
+    // A wait shorter than the outage fails, naming the refusal, and leaves no volume behind.
+    let short = pod.path("short");
+    let o = run("outage=10s", "300ms", &short);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("credentials not ready"), "{}", stderr(&o));
+    assert!(!short.exists());
+    make_writable(&vol);
+    make_writable(&pod.ws());
+}

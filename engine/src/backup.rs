@@ -864,6 +864,7 @@ fn data_regions(f: &File, md: &Metadata) -> std::io::Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
-fn hostname() -> String {
+/// This machine's host name (what a backup records unless told otherwise).
+pub fn hostname() -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()
 }

@@ -83,6 +83,10 @@ enum Command {
     Check(cmd::check::CheckArgs),
     /// List the heartbeats of running (and stopped) sidecars.
     Heartbeats(cmd::heartbeats::HeartbeatsArgs),
+    /// Create a workspace from another's snapshot, without copying data.
+    Fork(cmd::fork::ForkArgs),
+    /// Forget snapshots by retention rules, or a whole workspace.
+    Forget(cmd::forget::ForgetArgs),
 }
 
 fn main() -> ExitCode {
@@ -105,6 +109,8 @@ fn main() -> ExitCode {
             Command::Drill(a) => cmd::drill::run(&g, a).await,
             Command::Check(a) => cmd::check::run(&g, a).await,
             Command::Heartbeats(a) => cmd::heartbeats::run(&g, a).await,
+            Command::Fork(a) => cmd::fork::run(&g, a).await,
+            Command::Forget(a) => cmd::forget::run(&g, a).await,
         }
     });
     match result {

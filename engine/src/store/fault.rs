@@ -30,7 +30,13 @@ pub struct FaultPlan {
     pub truncate_rate: f64,
     /// Seed for the random choices (fixed runs for tests); random if absent.
     pub seed: Option<u64>,
+    /// Every request fails, as refused credentials do (not retryable), until this long after the
+    /// process first parsed a plan: a new pod whose credentials are not there yet.
+    pub outage: Duration,
 }
+
+/// When this process first parsed a fault plan (the start of an `outage`).
+static FAULTS_SINCE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 impl FromStr for FaultPlan {
     type Err = Error;
@@ -39,7 +45,7 @@ impl FromStr for FaultPlan {
         let mut plan = FaultPlan::default();
         let bad = |what: &str| {
             Error::Invalid(format!(
-                "fault plan {s:?}: {what}; expected e.g. errors=0.05,latency=20ms,truncate=0.01,seed=7"
+                "fault plan {s:?}: {what}; expected e.g. errors=0.05,latency=20ms,truncate=0.01,seed=7,outage=2s"
             ))
         };
         for field in s.split(',').map(str::trim).filter(|f| !f.is_empty()) {
@@ -57,6 +63,10 @@ impl FromStr for FaultPlan {
                     plan.latency = parse_duration(value).ok_or_else(|| bad("latency like 20ms or 1s"))?
                 }
                 "seed" => plan.seed = Some(value.parse().map_err(|_| bad("seed must be an integer"))?),
+                "outage" => {
+                    plan.outage = parse_duration(value).ok_or_else(|| bad("outage like 2s"))?;
+                    FAULTS_SINCE.get_or_init(std::time::Instant::now);
+                }
                 _ => return Err(bad(&format!("unknown field {name:?}"))),
             }
         }
@@ -143,14 +153,23 @@ impl FaultStore {
                 .unwrap_or(false)
     }
 
-    /// Counts the request, waits the latency, and returns the plan to apply to it.
-    async fn enter(&self) -> FaultPlan {
+    /// Counts the request, waits the latency, fails it during an outage, and returns the plan to
+    /// apply to it.
+    async fn enter(&self, key: &str) -> Result<FaultPlan> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let plan = self.plan();
         if !plan.latency.is_zero() {
             tokio::time::sleep(plan.latency).await;
         }
-        plan
+        if FAULTS_SINCE.get().is_some_and(|t| t.elapsed() < plan.outage) {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::Store {
+                key: key.to_string(),
+                detail: "injected fault: 403 AccessDenied (credentials not ready yet)".into(),
+                retryable: false,
+            });
+        }
+        Ok(plan)
     }
 
     fn fail(&self, key: &str, what: &str) -> Error {
@@ -166,7 +185,7 @@ impl FaultStore {
 #[async_trait]
 impl Store for FaultStore {
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<Version> {
-        let plan = self.enter().await;
+        let plan = self.enter(key).await?;
         if self.roll(plan.error_rate) {
             if self.roll(0.5) {
                 self.stats.landed_then_failed.fetch_add(1, Ordering::Relaxed);
@@ -179,7 +198,7 @@ impl Store for FaultStore {
     }
 
     async fn get(&self, key: &str) -> Result<GetResult> {
-        let plan = self.enter().await;
+        let plan = self.enter(key).await?;
         if self.roll(plan.error_rate) {
             return Err(self.fail(key, "503 SlowDown"));
         }
@@ -196,7 +215,7 @@ impl Store for FaultStore {
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
-        let plan = self.enter().await;
+        let plan = self.enter(key).await?;
         if self.roll(plan.error_rate) {
             return Err(self.fail(key, "connection reset"));
         }
@@ -210,7 +229,7 @@ impl Store for FaultStore {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
-        let plan = self.enter().await;
+        let plan = self.enter(key).await?;
         if self.roll(plan.error_rate) {
             return Err(self.fail(key, "500 InternalError"));
         }
@@ -218,7 +237,7 @@ impl Store for FaultStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        let plan = self.enter().await;
+        let plan = self.enter(prefix).await?;
         if self.roll(plan.error_rate) {
             return Err(self.fail(prefix, "429 Too Many Requests"));
         }
@@ -226,7 +245,7 @@ impl Store for FaultStore {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let plan = self.enter().await;
+        let plan = self.enter(key).await?;
         if self.roll(plan.error_rate) {
             if self.roll(0.5) {
                 let _ = self.inner.delete(key).await;

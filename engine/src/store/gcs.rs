@@ -302,6 +302,7 @@ impl Store for GcsStore {
         Ok(ObjectMeta {
             key: key.to_string(),
             size: u64::try_from(meta.size).unwrap_or(0),
+            modified: gcs_time(meta.updated.or(meta.time_created)),
         })
     }
 
@@ -324,6 +325,7 @@ impl Store for GcsStore {
                     out.push(ObjectMeta {
                         key: k.to_string(),
                         size: u64::try_from(o.size).unwrap_or(0),
+                        modified: gcs_time(o.updated.or(o.time_created)),
                     });
                 }
             }
@@ -358,4 +360,9 @@ impl Store for GcsStore {
     fn location(&self) -> String {
         self.at.url("gs")
     }
+}
+
+fn gcs_time(t: Option<time::OffsetDateTime>) -> Option<cairn_formats::Timestamp> {
+    let t = t?;
+    super::timestamp(t.unix_timestamp(), t.nanosecond())
 }

@@ -165,9 +165,11 @@ fn list_sync(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectMeta>> {
                     stack.push((ent.path(), key));
                 }
             } else if ft.is_file() && key.starts_with(prefix) {
+                let md = ent.metadata()?;
                 out.push(ObjectMeta {
                     key,
-                    size: ent.metadata()?.len(),
+                    size: md.len(),
+                    modified: md.modified().ok().and_then(super::system_timestamp),
                 });
             }
         }
@@ -242,7 +244,12 @@ impl Store for LocalStore {
         blocking(move || {
             let mut f = File::open(&path).map_err(|e| store_err(&key, e))?;
             let size = f.seek(SeekFrom::End(0)).map_err(|e| store_err(&key, e))?;
-            Ok(ObjectMeta { key, size })
+            let modified = f
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(super::system_timestamp);
+            Ok(ObjectMeta { key, size, modified })
         })
         .await
     }

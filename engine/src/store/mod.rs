@@ -48,6 +48,21 @@ pub struct ObjectMeta {
     pub key: String,
     /// Length in bytes.
     pub size: u64,
+    /// When the object was written, by the store's clock (S3 `LastModified`, GCS `updated`, the
+    /// local file's mtime); what garbage collection ages objects by.
+    pub modified: Option<cairn_formats::Timestamp>,
+}
+
+/// A timestamp from seconds and nanoseconds, if valid.
+pub(crate) fn timestamp(secs: i64, nanos: u32) -> Option<cairn_formats::Timestamp> {
+    let t = cairn_formats::Timestamp { secs, nanos };
+    t.is_valid().then_some(t)
+}
+
+/// A timestamp from a system time.
+pub(crate) fn system_timestamp(t: std::time::SystemTime) -> Option<cairn_formats::Timestamp> {
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    timestamp(i64::try_from(d.as_secs()).ok()?, d.subsec_nanos())
 }
 
 /// An object's bytes and version.

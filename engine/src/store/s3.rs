@@ -370,6 +370,9 @@ impl Store for S3Store {
         Ok(ObjectMeta {
             key: key.to_string(),
             size: u64::try_from(out.content_length().unwrap_or(0)).unwrap_or(0),
+            modified: out
+                .last_modified()
+                .and_then(|t| super::timestamp(t.secs(), t.subsec_nanos())),
         })
     }
 
@@ -395,6 +398,9 @@ impl Store for S3Store {
                 out.push(ObjectMeta {
                     key: k.to_string(),
                     size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
+                    modified: o
+                        .last_modified()
+                        .and_then(|t| super::timestamp(t.secs(), t.subsec_nanos())),
                 });
             }
             match page.next_continuation_token() {

@@ -3,6 +3,8 @@
 pub mod backup;
 pub mod check;
 pub mod drill;
+pub mod forget;
+pub mod fork;
 pub mod heartbeats;
 pub mod init;
 pub mod restore;
@@ -25,3 +27,5 @@ pub async fn open(g: &Global) -> Result<Repo> {
 pub fn cache_dir(g: &Global) -> PathBuf {
     g.cache_dir.clone().unwrap_or_else(default_cache_dir)
 }
+
+pub use cairn_engine::hostname;
