@@ -72,17 +72,20 @@ for round in $(seq "$rounds"); do
   # The pod that works: restored, its sidecar running, one agent session.
   rm -rf "$live"
   CAIRN_WORKSPACE=$ws CAIRN_CACHE_DIR=$work/sidecar-cache-$round "$cairn" restore "$live" >/dev/null
-  CAIRN_WORKSPACE=$ws CAIRN_CACHE_DIR=$work/sidecar-cache-$round "$sidecar" run --source "$live" --interval 0 \
+  # Under GNU time, for the sidecar's peak RSS over its life: idle, then the final checkpoint.
+  CAIRN_WORKSPACE=$ws CAIRN_CACHE_DIR=$work/sidecar-cache-$round /usr/bin/time -f '%M' -o "$work/sc-rss" \
+    "$sidecar" run --source "$live" --interval 0 \
     --listen 127.0.0.1:0 --control-socket "$work/sc-$round.sock" --log-format text --host pod-$round \
     >"$work/sidecar-$round.out" 2>"$work/sidecar-$round.err" &
-  sc=$!
+  timer=$!
   for _ in $(seq 200); do grep -q "ready" "$work/sidecar-$round.err" && break; sleep 0.05; done
+  sc=$(pgrep -P "$timer")
   SEED=$((round + 1)) bash ../shared/corpus/make-workspace.sh --session "$live" >/dev/null 2>&1
-  rss=$(awk '/VmHWM/{print $2}' "/proc/$sc/status")
   t0=$(date +%s.%N)
   kill -TERM "$sc"
-  wait "$sc"
+  wait "$timer"
   t1=$(date +%s.%N)
+  rss=$(tail -1 "$work/sc-rss")
   detail=$(tail -1 "$work/sidecar-$round.out" | python3 -c 'import json,sys; v=json.loads(sys.stdin.read()); print("sealed=%s: read %d files, uploaded %.1f MiB" % (v["ok"], v["files_read"], v["uploaded_bytes"]/2**20))')
   row "stop, after one session (SIGTERM)" "$(python3 -c "print(f'{$t1 - $t0:.2f}')")" "$rss" "$detail"
   start "start, one session behind" "$ws" "$shm/behind-$round"
@@ -99,7 +102,7 @@ if [ "$write" = "--write" ]; then
     echo "\`benches/pod.sh --write\`$([ "$delay_ms" = 0 ] || echo " with DELAY_MS=$delay_ms"): corpus workspace ($(du -sh "$corpus" | cut -f1), $(find "$corpus" | wc -l) entries),"
     echo "moto $("$py" -c 'import moto; print(moto.__version__)') on loopback, volumes on tmpfs, a fresh local cache for every"
     echo "init step (as a new pod has), one make-workspace.sh session per round; $rounds rounds in order. The stop's RSS is"
-    echo "the sidecar's peak before SIGTERM."
+    echo "the sidecar's peak over its life (idle, then the final checkpoint); its wall time runs from SIGTERM to exit."
     echo
     echo "| step | wall s | peak RSS MiB | what it did |"
     echo "|---|---|---|---|"

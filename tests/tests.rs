@@ -8,6 +8,7 @@
 //! - `store`     the store contract (conformance suite) and URL parsing
 //! - `cloud`     S3 and GCS against servers the suite starts; retries; injected faults; outages
 //! - `cli`       the `initctl` binary: commands, env vars, JSON, exit codes
+//! - `gc`        garbage collection: condemn, wait, sweep, resurrection; writers, forks, restores and GC at once
 //! - `lifecycle` the `sidecar` daemon and killed backups, with real processes and signals
 //! - `corpus`    the realistic agent workspace from `shared/corpus/make-workspace.sh`, end to end
 
@@ -17,6 +18,7 @@ mod bad_input;
 mod cli;
 mod cloud;
 mod corpus;
+mod gc;
 mod incremental;
 mod lifecycle;
 mod restore_safety;

@@ -68,6 +68,38 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// The host name to record (default: this machine's).
     pub host: Option<String>,
+    /// A backup running longer than this commits nothing (garbage collection's protection window
+    /// must exceed it); see [`max_session_from_env`].
+    pub max_session: Duration,
+}
+
+/// The session limit: `CAIRN_MAX_SESSION` (like `90m`), else one hour.
+pub fn max_session_from_env() -> Duration {
+    std::env::var("CAIRN_MAX_SESSION")
+        .ok()
+        .and_then(|v| crate::store::parse_duration(&v))
+        .unwrap_or(Duration::from_secs(3600))
+}
+
+/// The base snapshot a volume was started from (its marker's `from`), synced into the index.
+async fn base_of_volume(
+    repo: &Repo,
+    source: &Path,
+    workspace: &str,
+    index: &LocalIndex,
+) -> Result<Option<SnapshotId>> {
+    let Some(m) = volume::read_marker(source).filter(|m| m.workspace == workspace) else {
+        return Ok(None);
+    };
+    let Some((ws, id)) = m.from.as_deref().and_then(|f| f.split_once('@')) else {
+        return Ok(None);
+    };
+    let Ok(id) = id.parse::<SnapshotId>() else {
+        return Ok(None);
+    };
+    let manifest = repo.manifest(ws, &id).await?;
+    repo.sync_index(index, &manifest).await?;
+    Ok(Some(id))
 }
 
 /// What a backup did.
@@ -106,6 +138,8 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
     }
 
     let index = Arc::new(repo.open_index(&opts.cache_dir)?);
+    // What garbage collection has condemned or deleted: never deduplicate against it.
+    let gc = crate::gc::sync_generation(repo, &index).await?;
     let head = repo.head(&opts.workspace).await?;
     let parent = match &head {
         Some((h, _)) => {
@@ -114,6 +148,17 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
             Some((h.snapshot, m))
         }
         None => None,
+    };
+    // A workspace's first backup after starting from a base: dedup against the base, and say so.
+    let base = match &parent {
+        Some((_, m)) => m.base,
+        None => match base_of_volume(repo, &opts.source, &opts.workspace, &index).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "the volume's base snapshot is not readable; backing up without it");
+                None
+            }
+        },
     };
 
     let (tx, rx) = mpsc::channel::<FinishedPack>(UPLOAD_QUEUE);
@@ -134,6 +179,7 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
             repo.config().packs.meta as usize,
         )),
         pending: Mutex::new(HashSet::new()),
+        gc,
         records: Mutex::new(HashSet::new()),
         unrecorded: Mutex::new(HashSet::new()),
         pack_records: Mutex::new(HashMap::new()),
@@ -176,6 +222,23 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         .filter(|p| !session_packs.contains(p))
         .copied()
         .collect();
+    if packs.is_empty() && !orphans.is_empty() {
+        // A record of adopted packs alone could equal one that GC condemned (same packs, same
+        // bytes, same name); a fresh pack makes every record unique.
+        let fresh = seal(PackBuilder::new(PackKind::Meta, 64));
+        let size = fresh.bytes.len() as u64;
+        repo.store()
+            .put_immutable(&pack_key(fresh.kind, &fresh.id), fresh.bytes)
+            .await?;
+        let ip = IndexPack {
+            pack: fresh.id,
+            kind: fresh.kind,
+            size,
+            blobs: fresh.entries,
+        };
+        index.add_pack(&ip, None)?;
+        packs.push(ip);
+    }
     for pack in orphans {
         packs.push(adopt_pack(repo, &index, pack).await?);
     }
@@ -209,11 +272,20 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         root,
         root_meta,
         parent: parent.as_ref().map(|(id, _)| *id),
-        base: parent.as_ref().and_then(|(_, m)| m.base),
+        base,
         index: records,
         stats,
         tags: opts.tags.clone(),
     };
+    // Garbage collection's protection window assumes no backup outlives its session limit.
+    if started.elapsed() > opts.max_session {
+        return Err(Error::Invalid(format!(
+            "this backup ran {:.0?}, past the session limit of {:?} (CAIRN_MAX_SESSION); nothing was \
+             committed, and what it uploaded is reused by the next backup",
+            started.elapsed(),
+            opts.max_session
+        )));
+    }
     let manifest_root_mtime = manifest.root_meta.mtime;
     let bytes = manifest.encode();
     let snapshot = SnapshotId::of(&bytes);
@@ -319,6 +391,17 @@ fn update_marker(
     if let Err(e) = volume::rewrite_marker(source, &m) {
         tracing::warn!(error = %e, "could not update the volume marker; the next init will back the volume up first");
     }
+}
+
+/// Seals a pack with a random 16-byte blob in it, so that no two packs are ever the same bytes
+/// (a pack's name is the hash of its bytes). A backup must never "re-create" a pack that garbage
+/// collection condemned (create-only puts would report it as already there, and the sweep would
+/// then delete what this backup relies on); a unique pack cannot collide with one. Restores never
+/// read the blob; `check --read-data` verifies it like any other.
+fn seal(mut b: PackBuilder) -> FinishedPack {
+    let nonce: [u8; 16] = rand::random();
+    b.add(&encode_blob(BlobId::of(&nonce), &nonce, 0));
+    b.finish()
 }
 
 /// Reads a stored pack's trailer so a record can list it.
@@ -433,6 +516,8 @@ struct Session {
     meta: Mutex<PackBuilder>,
     /// Blobs this session has packed (stored or on their way).
     pending: Mutex<HashSet<BlobId>>,
+    /// What garbage collection condemned when this backup began.
+    gc: crate::gc::GcView,
     /// Records that locate blobs this snapshot reuses.
     records: Mutex<HashSet<IndexId>>,
     /// Packs holding reused blobs that no stored record lists yet.
@@ -468,7 +553,7 @@ impl Session {
 
     /// Whether the repository already has `id` (recording which record covers it).
     fn known(&self, id: &BlobId) -> Result<bool> {
-        if let Some(loc) = self.index.blob(id)? {
+        if let Some(loc) = self.index.blob(id)?.filter(|l| !self.gc.packs.contains(&l.pack)) {
             let cached = self
                 .pack_records
                 .lock()
@@ -478,7 +563,11 @@ impl Session {
             let record = match cached {
                 Some(r) => r,
                 None => {
-                    let r = self.index.pack(&loc.pack)?.and_then(|p| p.record);
+                    let r = self
+                        .index
+                        .pack(&loc.pack)?
+                        .and_then(|p| p.record)
+                        .filter(|r| !self.gc.records.contains(r));
                     self.pack_records
                         .lock()
                         .expect("invariant: lock not poisoned")
@@ -539,7 +628,7 @@ impl Session {
             sealed
         };
         match full {
-            Some(b) => self.send(b.finish()),
+            Some(b) => self.send(seal(b)),
             None => Ok(()),
         }
     }
@@ -556,7 +645,7 @@ impl Session {
         if b.is_empty() {
             return Ok(());
         }
-        self.send(b.finish())
+        self.send(seal(b))
     }
 
     fn send(&self, pack: FinishedPack) -> Result<()> {

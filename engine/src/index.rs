@@ -19,6 +19,8 @@ const CF_BLOBS: &str = "blobs";
 const CF_PACKS: &str = "packs";
 const CF_RECORDS: &str = "records";
 const CF_STAT: &str = "stat";
+/// In the default column family: the GC generation the locations belong to.
+const GC_GENERATION_KEY: &[u8] = b"gc-generation";
 
 /// Where a blob is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +229,39 @@ impl LocalIndex {
             batch.put_cf(self.cf(CF_STAT), Self::stat_key(workspace, path), enc(entry));
         }
         self.db.write(batch).map_err(|e| self.err(e))
+    }
+
+    /// The GC generation the blob locations were learned in (0 if never set).
+    ///
+    /// # Errors
+    /// [`Error::Index`] on a database failure.
+    pub fn gc_generation(&self) -> Result<u64> {
+        Ok(self
+            .db
+            .get(GC_GENERATION_KEY)
+            .map_err(|e| self.err(e))?
+            .map_or(0, |v| {
+                v.get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u64::from_le_bytes)
+            }))
+    }
+
+    /// Forgets every blob location, pack and record (garbage collection may have deleted some
+    /// since they were learned) and records `generation`. The stat cache stays: its entries are
+    /// used only when every chunk they name is known again.
+    ///
+    /// # Errors
+    /// [`Error::Index`] on a database failure.
+    pub fn reset_locations(&self, generation: u64) -> Result<()> {
+        for cf in [CF_BLOBS, CF_PACKS, CF_RECORDS] {
+            self.db
+                .delete_range_cf(self.cf(cf), [0u8; 0].as_slice(), [0xffu8; 40].as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        self.db
+            .put(GC_GENERATION_KEY, generation.to_le_bytes())
+            .map_err(|e| self.err(e))
     }
 
     /// Forgets a stat-cache entry.

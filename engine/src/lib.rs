@@ -26,6 +26,7 @@ mod drill;
 mod error;
 mod forget;
 mod fork;
+mod gc;
 mod heartbeat;
 mod index;
 mod meta;
@@ -33,12 +34,13 @@ mod pack;
 mod progress;
 mod repo;
 mod restore;
+mod stats;
 mod store;
 mod tree;
 mod verify;
 mod volume;
 
-pub use backup::{backup, hostname, BackupOptions, BackupReport};
+pub use backup::{backup, hostname, max_session_from_env, BackupOptions, BackupReport};
 pub use check::{check, CheckReport};
 pub use chunker::{chunk_reader, chunk_slice, ChunkReadError};
 pub use compress::{decode_blob, encode_blob, EncodedBlob};
@@ -46,6 +48,7 @@ pub use drill::{drill, DrillReport};
 pub use error::{Error, Result};
 pub use forget::{forget, forget_workspace, Decision, ForgetReport, KeepPolicy};
 pub use fork::{fork, ForkReport};
+pub use gc::{gc, Condemned, GcOptions, GcReport, GcState, GcView, GC_LEASE_KEY, GC_STATE_KEY};
 pub use heartbeat::{heartbeat_key, heartbeats, unix_now, Heartbeat, HeartbeatWriter, HEARTBEATS_PREFIX};
 pub use index::{BlobLocation, LocalIndex, PackInfo, StatEntry};
 pub use meta::is_root;
@@ -53,6 +56,7 @@ pub use pack::{FinishedPack, PackBuilder};
 pub use progress::{Progress, ProgressSnapshot};
 pub use repo::{default_cache_dir, IndexHandle, InitOptions, Locations, Repo, SnapshotInfo};
 pub use restore::{restore, restore_with_trees, RestoreOptions, RestoreReport};
+pub use stats::{stats, RepoStats};
 pub use store::{
     check_conditional_writes, open_store, open_store_with, parse_duration, FaultPlan, FaultStats, FaultStore,
     GcsOptions, GcsStore, GetResult, LocalStore, ObjectMeta, PutMode, RetryPolicy, RetryStats, RetryStore,

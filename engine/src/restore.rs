@@ -204,7 +204,13 @@ pub async fn restore_with_trees(
         Some(dir) => {
             let index = Arc::new(repo.open_index(dir)?);
             let (repo, m, i) = (repo.clone(), manifest.clone(), index.clone());
-            Some((index, tokio::spawn(async move { repo.sync_index(&i, &m).await })))
+            Some((
+                index,
+                tokio::spawn(async move {
+                    crate::gc::sync_generation(&repo, &i).await?;
+                    repo.sync_index(&i, &m).await
+                }),
+            ))
         }
         None => None,
     };

@@ -87,6 +87,10 @@ enum Command {
     Fork(cmd::fork::ForkArgs),
     /// Forget snapshots by retention rules, or a whole workspace.
     Forget(cmd::forget::ForgetArgs),
+    /// Delete data no snapshot references, safely while backups run.
+    Gc(cmd::gc::GcArgs),
+    /// Repository size, logical size, dedup ratio, objects, workspaces, snapshots.
+    Stats(cmd::stats::StatsArgs),
 }
 
 fn main() -> ExitCode {
@@ -111,6 +115,8 @@ fn main() -> ExitCode {
             Command::Heartbeats(a) => cmd::heartbeats::run(&g, a).await,
             Command::Fork(a) => cmd::fork::run(&g, a).await,
             Command::Forget(a) => cmd::forget::run(&g, a).await,
+            Command::Gc(a) => cmd::gc::run(&g, a).await,
+            Command::Stats(a) => cmd::stats::run(&g, a).await,
         }
     });
     match result {

@@ -225,6 +225,7 @@ impl Daemon {
             run_hook("pre", cmd, &self.args.workspace).await?;
         }
         let opts = BackupOptions {
+            max_session: cairn_engine::max_session_from_env(),
             workspace: self.args.workspace.clone(),
             source: self.args.source.clone(),
             cache_dir: self.args.cache_dir.clone().unwrap_or_else(default_cache_dir),

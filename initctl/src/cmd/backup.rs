@@ -30,6 +30,7 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<u8> {
     let repo = super::open(g).await?;
     let source = std::path::absolute(&a.path).with_context(|| format!("{}", a.path.display()))?;
     let opts = BackupOptions {
+        max_session: cairn_engine::max_session_from_env(),
         workspace: a.workspace.clone(),
         source,
         cache_dir: super::cache_dir(g),

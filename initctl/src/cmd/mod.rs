@@ -5,10 +5,12 @@ pub mod check;
 pub mod drill;
 pub mod forget;
 pub mod fork;
+pub mod gc;
 pub mod heartbeats;
 pub mod init;
 pub mod restore;
 pub mod snapshots;
+pub mod stats;
 
 use std::path::PathBuf;
 

@@ -319,6 +319,7 @@ async fn reconcile_marked(
             return Ok(());
         }
         let opts = BackupOptions {
+            max_session: cairn_engine::max_session_from_env(),
             workspace: a.workspace.clone(),
             source: std::path::absolute(&a.target).with_context(|| a.target.display().to_string())?,
             cache_dir: super::cache_dir(g),
