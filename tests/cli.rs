@@ -432,6 +432,18 @@ fn fork_is_constant_time_and_forget_keeps_by_rules_and_never_the_head() {
         ids.push(c.ok(&["backup", "--workspace", "base", &s]).trim().to_string());
     }
     let packs_before = c.count_objects("packs");
+    // Four snapshots of nearly one tree: stored about once, logically four times.
+    let st: serde_json::Value = serde_json::from_str(&c.ok(&["stats", "--json"])).expect("json");
+    assert_eq!(
+        (st["snapshots"].as_u64(), st["workspaces"].as_u64()),
+        (Some(4), Some(1)),
+        "{st}"
+    );
+    assert!(st["dedup_ratio"].as_f64().expect("ratio") > 3.0, "{st}");
+    assert_eq!(
+        st["data_packs"].as_u64().expect("n") + st["meta_packs"].as_u64().expect("n"),
+        packs_before as u64
+    );
 
     // A fork writes no data: same packs, and it restores as its source.
     let fork = c.ok(&[
