@@ -58,9 +58,10 @@ pub use repo::{default_cache_dir, IndexHandle, InitOptions, Locations, Repo, Sna
 pub use restore::{restore, restore_with_trees, RestoreOptions, RestoreReport};
 pub use stats::{stats, RepoStats};
 pub use store::{
-    check_conditional_writes, open_store, open_store_with, parse_duration, FaultPlan, FaultStats, FaultStore,
-    GcsOptions, GcsStore, GetResult, LocalStore, ObjectMeta, PutMode, RetryPolicy, RetryStats, RetryStore,
-    S3Options, S3Store, Store, StoreExt, StoreOptions, Version,
+    check_conditional_writes, open_store, open_store_with, parse_duration, request_counts, CountingStore,
+    FaultPlan, FaultStats, FaultStore, GcsOptions, GcsStore, GetResult, LocalStore, ObjectMeta, PutMode,
+    RequestCounts, RetryPolicy, RetryStats, RetryStore, S3Options, S3Store, Store, StoreExt, StoreOptions,
+    Version,
 };
 pub use tree::SnapshotTrees;
 pub use verify::{verify_dir, VerifyReport};

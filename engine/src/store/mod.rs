@@ -4,6 +4,7 @@
 //! are written with [`PutMode::Create`]; heads with [`PutMode::Update`] (compare-and-swap on the
 //! version a [`Store::get`] returned) or `Create` for the first head. Nothing else is mutable.
 
+mod count;
 mod fault;
 mod gcs;
 mod local;
@@ -19,6 +20,7 @@ use bytes::Bytes;
 
 use crate::{Error, Result};
 
+pub use count::{request_counts, CountingStore, RequestCounts};
 pub use fault::{parse_duration, FaultPlan, FaultStats, FaultStore};
 pub use gcs::{GcsOptions, GcsStore};
 pub use local::LocalStore;
@@ -323,11 +325,12 @@ pub async fn open_store_with(location: &str, opts: StoreOptions) -> Result<Arc<d
         Some(plan) => Arc::new(FaultStore::new(base, plan)) as Arc<dyn Store>,
         None => base,
     };
-    Ok(if remote || faulty {
-        Arc::new(RetryStore::new(store, opts.retry))
+    let store = if remote || faulty {
+        Arc::new(RetryStore::new(store, opts.retry)) as Arc<dyn Store>
     } else {
         store
-    })
+    };
+    Ok(Arc::new(CountingStore::new(store)))
 }
 
 /// Splits `bucket/some/prefix` into the bucket and a key prefix that is empty or ends in `/`.

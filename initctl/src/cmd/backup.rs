@@ -52,8 +52,8 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<u8> {
             "files": s.files, "dirs": s.dirs, "others": s.others, "bytes": s.bytes,
             "files_read": s.files_read, "bytes_read": s.bytes_read,
             "new_blobs": s.new_blobs, "new_bytes": s.new_bytes, "uploaded_bytes": s.uploaded_bytes,
-            "skipped": s.skipped, "warnings": r.warnings,
-            "seconds": r.elapsed.as_secs_f64(),
+            "skipped": s.skipped, "warnings": r.warnings, "is_head": r.is_head,
+            "seconds": r.elapsed.as_secs_f64(), "requests": cairn_engine::request_counts(),
         }));
     } else {
         for w in &r.warnings {

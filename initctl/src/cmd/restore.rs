@@ -444,6 +444,7 @@ fn report(g: &Global, a: &RestoreArgs, started: Instant, out: &Reconcile) {
         let mut v = json!({
             "action": out.action, "workspace": a.workspace, "target": a.target, "message": out.message,
             "degraded": out.degraded, "notes": out.notes, "seconds": started.elapsed().as_secs_f64(),
+            "requests": cairn_engine::request_counts(),
         });
         if let Some(Value::Object(d)) = &out.detail {
             for (k, val) in d {
