@@ -253,6 +253,15 @@ fn concurrent_flushes_share_one_checkpoint_with_hooks_and_metrics() {
     );
     assert!(m.contains("cairn_last_success_timestamp_seconds"), "{m}");
     assert!(m.contains("cairn_uploaded_bytes_total"), "{m}");
+    let puts = m
+        .lines()
+        .find(|l| l.starts_with(r#"cairn_store_requests_total{op="put"}"#))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(
+        puts.is_some_and(|n| n >= 4),
+        "packs, record, manifest, head were put: {m}"
+    );
 
     // The final checkpoint on SIGTERM after preStop's flush reads nothing new.
     let o = pod.stop(rustix::process::Signal::TERM);

@@ -18,8 +18,19 @@ pub struct Run {
     pub result: String,
 }
 
+/// Labels of a store request: which operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Op {
+    /// `get`, `get_range`, `put`, `head`, `list` or `delete`.
+    pub op: String,
+}
+
 /// Every metric the daemon exports.
 pub struct Metrics {
+    store_requests: Family<Op, Counter>,
+    store_bytes: Family<Op, Counter>,
+    /// The process-wide request counts already added to the counters.
+    seen: std::sync::Mutex<cairn_engine::RequestCounts>,
     registry: Registry,
     pub checkpoints: Family<Run, Counter>,
     pub duration: Histogram,
@@ -44,6 +55,18 @@ impl Metrics {
             Counter::default(),
         );
         let files = Gauge::default();
+        let store_requests = Family::<Op, Counter>::default();
+        let store_bytes = Family::<Op, Counter>::default();
+        registry.register(
+            "store_requests",
+            "Requests made to the store, by operation (retries not counted)",
+            store_requests.clone(),
+        );
+        registry.register(
+            "store_bytes",
+            "Bytes moved to and from the store (op: get or put)",
+            store_bytes.clone(),
+        );
         registry.register(
             "checkpoints",
             "Checkpoints taken, by kind and result",
@@ -85,6 +108,9 @@ impl Metrics {
             files.clone(),
         );
         Metrics {
+            store_requests,
+            store_bytes,
+            seen: std::sync::Mutex::default(),
             registry,
             checkpoints,
             duration,
@@ -99,10 +125,32 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        self.update_store_counts();
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
+    }
+
+    /// Adds what the engine's request counters moved since the last scrape.
+    fn update_store_counts(&self) {
+        let now = cairn_engine::request_counts();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let inc = |family: &Family<Op, Counter>, op: &str, new: u64, old: u64| {
+            family
+                .get_or_create(&Op { op: op.into() })
+                .inc_by(new.saturating_sub(old));
+        };
+        let r = &self.store_requests;
+        inc(r, "get", now.get, seen.get);
+        inc(r, "get_range", now.get_range, seen.get_range);
+        inc(r, "put", now.put, seen.put);
+        inc(r, "head", now.head, seen.head);
+        inc(r, "list", now.list, seen.list);
+        inc(r, "delete", now.delete, seen.delete);
+        inc(&self.store_bytes, "get", now.bytes_down, seen.bytes_down);
+        inc(&self.store_bytes, "put", now.bytes_up, seen.bytes_up);
+        *seen = now;
     }
 }
