@@ -5,7 +5,7 @@
 #   restic from the same S3 server with the same 20 ms;
 #   Cairn from the S3 server directly, and with the 20 ms injected in-process (CAIRN_FAULTS), which
 #   shows the latency cost without the proxy's CPU (restic has no such knob).
-# The latency comes from benches/latency_proxy.py, which delays every request on its way to the
+# The latency comes from benches/latency-proxy (Rust, one thread), which delays every request on its way to the
 # server, so both tools see the same network. Each restore starts with an empty local cache, as a
 # new pod does, and is checked with `diff -r` (not timed). Targets are on tmpfs (/dev/shm), so the
 # numbers measure fetching and verifying, not this machine's ext4 inode allocation (which made
@@ -38,7 +38,8 @@ mkfifo "$work/hold"
 "$py" tests/servers/launch.py s3 "$s3_port" <"$work/hold" >"$work/s3.log" 2>&1 &
 pids+=($!)
 exec 8>"$work/hold"
-"$py" benches/latency_proxy.py "$proxy_port" "$s3_port" "$delay_ms" >"$work/proxy.log" 2>&1 &
+cargo build --release -q -p latency-proxy
+"$target_dir/release/latency-proxy" "$proxy_port" "$s3_port" "$delay_ms" >"$work/proxy.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
   curl -s -o /dev/null "http://127.0.0.1:$s3_port/" && curl -s -o /dev/null "http://127.0.0.1:$proxy_port/" && break
@@ -99,7 +100,7 @@ if [ "$write" = "--write" ]; then
     echo "## Restore from S3 with ${delay_ms} ms per request ($(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD))"
     echo
     echo "\`benches/s3-restore.sh --write\`: corpus workspace ($(du -sh "$ws" | cut -f1), $(find "$ws" | wc -l) entries),"
-    echo "moto $("$py" -c 'import moto; print(moto.__version__)') on loopback behind benches/latency_proxy.py, restic $(restic version | cut -d' ' -f2),"
+    echo "moto $("$py" -c 'import moto; print(moto.__version__)') on loopback behind benches/latency-proxy, restic $(restic version | cut -d' ' -f2),"
     echo "targets on tmpfs, empty local caches, $rounds rounds in order."
     echo
     echo "| restore | wall s | cpu s | peak RSS MiB |"
