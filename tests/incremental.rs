@@ -145,3 +145,34 @@ pub fn age_tree(root: &std::path::Path) {
         .expect("find");
     assert!(st.success());
 }
+
+#[tokio::test]
+async fn a_snapshot_cites_a_bounded_number_of_index_records_however_many_sessions_wrote_it() {
+    let t = TestRepo::new().await;
+    let src = t.scratch("src");
+    write(&src.join("first"), b"first");
+    let mut last = None;
+    for i in 0..(cairn_engine::MAX_RECORDS as u64 + 6) {
+        // Each session adds a file and keeps the others, so every earlier record stays cited.
+        write(&src.join(format!("f{i}.bin")), &random_bytes(500 + i, 20 << 10));
+        let r = t.backup("w", &src).await;
+        let m = t.repo.manifest("w", &r.snapshot).await.expect("manifest");
+        assert!(
+            m.index.len() <= cairn_engine::MAX_RECORDS,
+            "session {i}: {} records",
+            m.index.len()
+        );
+        last = Some(r.snapshot);
+    }
+    let out = t.scratch("out");
+    t.restore("w", last.as_ref(), &out).await;
+    assert_same_tree(&src, &out);
+    let c = cairn_engine::check(
+        &t.repo,
+        true,
+        std::sync::Arc::new(cairn_engine::Progress::default()),
+    )
+    .await
+    .expect("check");
+    assert!(c.errors.is_empty(), "{:?}", c.errors);
+}

@@ -25,6 +25,7 @@ use cairn_formats::{
     Head, IndexId, IndexPack, IndexRecord, Manifest, Node, PackId, PackKind, PackTrailer, SnapshotId,
     SnapshotStats, Timestamp, Tree, PACK_FOOTER_LEN,
 };
+use futures::stream::{StreamExt, TryStreamExt};
 use rayon::prelude::*;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -41,6 +42,8 @@ use crate::store::{PutMode, StoreExt};
 use crate::volume::{self, is_volume_file};
 use crate::{Error, Result};
 
+/// The most index records a snapshot cites (see the consolidation in [`backup`]).
+pub const MAX_RECORDS: usize = 16;
 /// Sealed packs waiting for an upload slot.
 const UPLOAD_QUEUE: usize = 1;
 /// Uploads in flight at once.
@@ -222,9 +225,41 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         .filter(|p| !session_packs.contains(p))
         .copied()
         .collect();
-    if packs.is_empty() && !orphans.is_empty() {
-        // A record of adopted packs alone could equal one that GC condemned (same packs, same
-        // bytes, same name); a fresh pack makes every record unique.
+    let mut records: Vec<IndexId> = session
+        .records
+        .lock()
+        .expect("invariant: lock not poisoned")
+        .iter()
+        .copied()
+        .collect();
+    records.sort();
+    // A snapshot cites at most MAX_RECORDS index records, so a restore reads a bounded number
+    // however many sessions wrote the workspace: past that, this session's record absorbs the
+    // packs of the records it would cite.
+    let consolidate = records.len() >= MAX_RECORDS;
+    if consolidate {
+        let cited: Vec<IndexRecord> = futures::stream::iter(records.clone())
+            .map(|id| async move { repo.index_record(&id).await })
+            .buffered(crate::repo::READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut have: HashSet<PackId> = packs
+            .iter()
+            .map(|p| p.pack)
+            .chain(orphans.iter().copied())
+            .collect();
+        for r in cited {
+            for p in r.packs {
+                if have.insert(p.pack) {
+                    packs.push(p);
+                }
+            }
+        }
+        records.clear();
+    }
+    if session_packs.is_empty() && (!orphans.is_empty() || consolidate) {
+        // A record without a pack of this session's could equal one that GC condemned (same
+        // packs, same bytes, same name); a fresh pack makes every record unique.
         let fresh = seal(PackBuilder::new(PackKind::Meta, 64));
         let size = fresh.bytes.len() as u64;
         repo.store()
@@ -243,13 +278,6 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         packs.push(adopt_pack(repo, &index, pack).await?);
     }
     packs.sort_by_key(|p| p.pack);
-    let mut records: Vec<IndexId> = session
-        .records
-        .lock()
-        .expect("invariant: lock not poisoned")
-        .iter()
-        .copied()
-        .collect();
     if !packs.is_empty() {
         let record = IndexRecord { packs };
         let bytes = record.encode();

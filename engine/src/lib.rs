@@ -40,7 +40,7 @@ mod tree;
 mod verify;
 mod volume;
 
-pub use backup::{backup, hostname, max_session_from_env, BackupOptions, BackupReport};
+pub use backup::{backup, hostname, max_session_from_env, BackupOptions, BackupReport, MAX_RECORDS};
 pub use check::{check, CheckReport};
 pub use chunker::{chunk_reader, chunk_slice, ChunkReadError};
 pub use compress::{decode_blob, encode_blob, EncodedBlob};

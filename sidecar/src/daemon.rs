@@ -342,15 +342,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let heartbeat = Arc::new(heartbeat);
     let every = args.heartbeat_interval;
-    if !every.is_zero() {
+    let beating = (!every.is_zero()).then(|| {
         let (d, hb) = (d.clone(), heartbeat.clone());
         tokio::spawn(async move {
             loop {
                 d.beat(&hb, "running").await;
                 tokio::time::sleep(every).await;
             }
-        });
-    }
+        })
+    });
 
     loop {
         let wait = d.next_wait();
@@ -365,6 +365,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let out = d.flush().await;
     let _ = std::fs::remove_file(&args.control_socket);
+    // No "running" beat may follow the last one. A beat cut off here either landed before the
+    // final one or fails its compare-and-swap against it.
+    if let Some(task) = beating {
+        task.abort();
+        let _ = task.await;
+    }
     d.beat(&heartbeat, if out.0 { "stopped" } else { "stopped-unflushed" })
         .await;
     println!("{}", out.1);
