@@ -806,3 +806,42 @@ fn init_retries_a_store_that_refuses_it_while_credentials_warm_up() {
     make_writable(&vol);
     make_writable(&pod.ws());
 }
+
+/// The example manifests parse and wire the pod as deploy/README.md says (the YAML is checked with
+/// PyYAML from the test servers' virtualenv).
+#[test]
+fn deploy_manifests_parse_and_wire_the_pod_as_documented() {
+    let check = r#"
+import sys, yaml
+root = sys.argv[1]
+pod = yaml.safe_load(open(root + "/deploy/pod.yaml"))
+spec = pod["spec"]
+init = {c["name"]: c for c in spec["initContainers"]}
+restore, sidecar = init["restore"], init["cairn-sidecar"]
+env = lambda c: {e["name"]: e.get("value") for e in c["env"]}
+assert [c["name"] for c in spec["initContainers"]] == ["restore", "cairn-sidecar"], "restore runs first"
+assert restore["command"] == ["initctl", "restore"] and "restartPolicy" not in restore
+assert env(restore)["CAIRN_TARGET"] == "/workspace"
+assert sidecar["restartPolicy"] == "Always", "a native sidecar"
+assert sidecar["lifecycle"]["preStop"]["exec"]["command"] == ["sidecar", "flush"]
+assert env(restore)["CAIRN_CACHE_DIR"] == env(sidecar)["CAIRN_CACHE_DIR"], "the restore seeds the sidecar's cache"
+deadline = int(env(sidecar)["CAIRN_FLUSH_DEADLINE"].rstrip("s"))
+assert deadline < spec["terminationGracePeriodSeconds"], "the flush ends before SIGKILL"
+assert int(env(restore)["CAIRN_WAIT_PREVIOUS"].rstrip("s")) >= spec["terminationGracePeriodSeconds"]
+list(yaml.safe_load_all(open(root + "/deploy/serviceaccount.yaml")))
+cron = yaml.safe_load(open(root + "/deploy/gc-cronjob.yaml"))
+assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+gc = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+assert gc["command"] == ["initctl", "gc"] and env(gc)["CAIRN_GC_PROTECT"] == "6h"
+print("ok")
+"#;
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let root = Path::new(&dir).join("..");
+    let o = Command::new(crate::support::servers::venv_python())
+        .arg("-c")
+        .arg(check)
+        .arg(&root)
+        .output()
+        .expect("python");
+    assert!(o.status.success() && stdout(&o).trim() == "ok", "{}", stderr(&o));
+}

@@ -33,7 +33,8 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn venv_python() -> PathBuf {
+/// The Python of the test servers' virtualenv (installed on first use).
+pub fn venv_python() -> PathBuf {
     let venv = std::env::var_os("CAIRN_PY_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/cairn-py"));
