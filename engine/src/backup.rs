@@ -34,7 +34,7 @@ use crate::chunker::{chunk_reader, chunk_slice, ChunkReadError};
 use crate::compress::encode_blob;
 use crate::error::IoContext;
 use crate::index::{LocalIndex, StatEntry};
-use crate::meta::{ns, read_meta};
+use crate::meta::{now_ns, ns, read_meta, timestamp_ns};
 use crate::pack::{FinishedPack, PackBuilder};
 use crate::progress::Progress;
 use crate::repo::{IndexHandle, Repo};
@@ -190,7 +190,7 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         warnings: Mutex::new(Vec::new()),
         counters: Counters::default(),
         progress,
-        racy_after_ns: ns(time.secs, i64::from(time.nanos)) - RACY_WINDOW_NS,
+        racy_after_ns: timestamp_ns(time) - RACY_WINDOW_NS,
     });
 
     let walker = session.clone();
@@ -260,19 +260,7 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
     if session_packs.is_empty() && (!orphans.is_empty() || consolidate) {
         // A record without a pack of this session's could equal one that GC condemned (same
         // packs, same bytes, same name); a fresh pack makes every record unique.
-        let fresh = seal(PackBuilder::new(PackKind::Meta, 64));
-        let size = fresh.bytes.len() as u64;
-        repo.store()
-            .put_immutable(&pack_key(fresh.kind, &fresh.id), fresh.bytes)
-            .await?;
-        let ip = IndexPack {
-            pack: fresh.id,
-            kind: fresh.kind,
-            size,
-            blobs: fresh.entries,
-        };
-        index.add_pack(&ip, None)?;
-        packs.push(ip);
+        packs.push(store_pack(repo, &index, seal(PackBuilder::new(PackKind::Meta, 64))).await?);
     }
     for pack in orphans {
         packs.push(adopt_pack(repo, &index, pack).await?);
@@ -414,8 +402,8 @@ fn update_marker(
     m.snapshot = Some(snapshot);
     m.snapshot_time = Some(time.to_rfc3339());
     m.from = None;
-    m.synced_ns = i64::try_from(ns(time.secs, i64::from(time.nanos))).ok();
-    m.root_mtime_ns = i64::try_from(ns(root_mtime.secs, i64::from(root_mtime.nanos))).ok();
+    m.synced_ns = volume::marker_ns(timestamp_ns(time));
+    m.root_mtime_ns = volume::marker_ns(timestamp_ns(root_mtime));
     if let Err(e) = volume::rewrite_marker(source, &m) {
         tracing::warn!(error = %e, "could not update the volume marker; the next init will back the volume up first");
     }
@@ -430,6 +418,22 @@ fn seal(mut b: PackBuilder) -> FinishedPack {
     let nonce: [u8; 16] = rand::random();
     b.add(&encode_blob(BlobId::of(&nonce), &nonce, 0));
     b.finish()
+}
+
+/// Uploads a sealed pack and tells the local index about it (only once it is stored).
+async fn store_pack(repo: &Repo, index: &LocalIndex, pack: FinishedPack) -> Result<IndexPack> {
+    let size = pack.bytes.len() as u64;
+    repo.store()
+        .put_immutable(&pack_key(pack.kind, &pack.id), pack.bytes)
+        .await?;
+    let ip = IndexPack {
+        pack: pack.id,
+        kind: pack.kind,
+        size,
+        blobs: pack.entries,
+    };
+    index.add_pack(&ip, None)?;
+    Ok(ip)
 }
 
 /// Reads a stored pack's trailer so a record can list it.
@@ -476,18 +480,8 @@ async fn upload_loop(
         }
         let (repo, index, progress) = (repo.clone(), index.clone(), progress.clone());
         inflight.spawn(async move {
-            let size = pack.bytes.len() as u64;
-            repo.store()
-                .put_immutable(&pack_key(pack.kind, &pack.id), pack.bytes)
-                .await?;
-            Progress::add(&progress.transferred, size);
-            let ip = IndexPack {
-                pack: pack.id,
-                kind: pack.kind,
-                size,
-                blobs: pack.entries,
-            };
-            index.add_pack(&ip, None)?;
+            let ip = store_pack(&repo, &index, pack).await?;
+            Progress::add(&progress.transferred, ip.size);
             Ok(ip)
         });
     }
@@ -813,13 +807,7 @@ impl Session {
                     inc(&self.counters.files, 1);
                     inc(&self.counters.files_read, 1);
                     inc(&self.counters.bytes, md.len());
-                    let entry = StatEntry {
-                        size: md.len(),
-                        mtime_ns: ns(md.mtime(), md.mtime_nsec()),
-                        ctime_ns: ns(md.ctime(), md.ctime_nsec()),
-                        ino: md.ino(),
-                        extents,
-                    };
+                    let entry = StatEntry::of(&md, extents);
                     if entry.mtime_ns < self.racy_after_ns {
                         self.index.put_stat(&self.workspace, rel, &entry)?;
                     } else {
@@ -928,11 +916,6 @@ impl Session {
         }
         Ok(Attempt::Done(extents, before))
     }
-}
-
-fn now_ns() -> i128 {
-    let t = Timestamp::now();
-    ns(t.secs, i64::from(t.nanos))
 }
 
 fn same_version(a: &Metadata, b: &Metadata) -> bool {

@@ -370,14 +370,7 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
 /// Every manifest in the store, verified. One deleted between the listing and the read was
 /// forgotten meanwhile: it references nothing any more.
 async fn live_manifests(repo: &Repo) -> Result<Vec<cairn_formats::Manifest>> {
-    let listed = repo.store().list(&cairn_formats::snapshot_prefix(None)).await?;
-    let wanted: Vec<(String, cairn_formats::SnapshotId)> = listed
-        .iter()
-        .filter_map(|o| {
-            let mut parts = o.key.splitn(3, '/').skip(1);
-            Some((parts.next()?.to_string(), parts.next()?.parse().ok()?))
-        })
-        .collect();
+    let wanted = repo.snapshot_keys(None).await?;
     let got: Vec<Option<cairn_formats::Manifest>> = stream::iter(wanted)
         .map(|(ws, id)| async move {
             match repo.manifest(&ws, &id).await {

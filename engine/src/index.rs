@@ -59,6 +59,21 @@ pub struct StatEntry {
     pub extents: Vec<Extent>,
 }
 
+impl StatEntry {
+    /// A file's identity from its `lstat`, and its content.
+    pub fn of(md: &std::fs::Metadata, extents: Vec<Extent>) -> Self {
+        use crate::meta::ns;
+        use std::os::unix::fs::MetadataExt;
+        StatEntry {
+            size: md.len(),
+            mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+            ctime_ns: ns(md.ctime(), md.ctime_nsec()),
+            ino: md.ino(),
+            extents,
+        }
+    }
+}
+
 /// The local index database.
 pub struct LocalIndex {
     db: DB,

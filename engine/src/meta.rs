@@ -21,6 +21,17 @@ pub fn ns(secs: i64, nsecs: i64) -> i128 {
     i128::from(secs) * 1_000_000_000 + i128::from(nsecs)
 }
 
+/// Nanoseconds since the epoch of a timestamp.
+pub(crate) fn timestamp_ns(t: Timestamp) -> i128 {
+    ns(t.secs, i64::from(t.nanos))
+}
+
+/// Nanoseconds since the epoch by this machine's clock (which the file system's coarse clock
+/// never runs ahead of).
+pub(crate) fn now_ns() -> i128 {
+    timestamp_ns(Timestamp::now())
+}
+
 /// Builds the stored metadata of `path` from its `lstat`. Extended attributes that cannot be read
 /// are reported through `warn` and left out.
 pub fn read_meta(path: &Path, md: &Metadata, warn: &mut dyn FnMut(String)) -> Meta {

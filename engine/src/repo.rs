@@ -259,18 +259,7 @@ impl Repo {
         if let Some(w) = workspace {
             validate_workspace(w).map_err(|e| Error::Invalid(e.to_string()))?;
         }
-        let listed = self.store.list(&snapshot_prefix(workspace)).await?;
-        let mut wanted = Vec::new();
-        for o in listed {
-            let mut parts = o.key.splitn(3, '/').skip(1);
-            let (Some(ws), Some(id)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            let Ok(id) = id.parse::<SnapshotId>() else {
-                continue;
-            };
-            wanted.push((ws.to_string(), id));
-        }
+        let wanted = self.snapshot_keys(workspace).await?;
         let mut heads: HashMap<String, SnapshotId> = HashMap::new();
         let mut out: Vec<SnapshotInfo> = stream::iter(wanted)
             .map(|(ws, id)| async move { self.manifest(&ws, &id).await.map(|m| (id, m)) })
@@ -294,6 +283,21 @@ impl Repo {
             (a.manifest.time, &a.manifest.workspace).cmp(&(b.manifest.time, &b.manifest.workspace))
         });
         Ok(out)
+    }
+
+    /// The `(workspace, id)` of every stored manifest, of one workspace or all, unread.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn snapshot_keys(&self, workspace: Option<&str>) -> Result<Vec<(String, SnapshotId)>> {
+        let listed = self.store.list(&snapshot_prefix(workspace)).await?;
+        Ok(listed
+            .iter()
+            .filter_map(|o| {
+                let mut parts = o.key.splitn(3, '/').skip(1);
+                Some((parts.next()?.to_string(), parts.next()?.parse().ok()?))
+            })
+            .collect())
     }
 
     /// Reads and verifies an index record.

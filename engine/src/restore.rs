@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ use serde::Serialize;
 use crate::compress::decode_blob;
 use crate::error::IoContext;
 use crate::index::{LocalIndex, StatEntry};
-use crate::meta::{apply_meta, is_root, ns, Target};
+use crate::meta::{apply_meta, is_root, Target};
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::tree::SnapshotTrees;
@@ -357,9 +357,7 @@ pub async fn restore_with_trees(
     volume::end_restore(&target)?;
     apply_meta(&target, &manifest.root_meta, Target::Other, as_root)?;
     // Everything above changed ctimes before this instant; anything later is the workload's.
-    let root_md = fs::symlink_metadata(&target).at(&target)?;
-    marker.root_mtime_ns = i64::try_from(ns(root_md.mtime(), root_md.mtime_nsec())).ok();
-    marker.synced_ns = Some(volume::now_ns());
+    volume::mark_synced(&target, &mut marker)?;
     volume::rewrite_marker(&target, &marker)?;
 
     if let Some((index, synced)) = seed_index {
@@ -404,16 +402,7 @@ fn seed_stat_cache(
         .into_par_iter()
         .filter_map(|(rel, extents)| {
             let md = fs::symlink_metadata(target.join(OsStr::from_bytes(&rel))).ok()?;
-            md.is_file().then(|| {
-                let entry = StatEntry {
-                    size: md.len(),
-                    mtime_ns: ns(md.mtime(), md.mtime_nsec()),
-                    ctime_ns: ns(md.ctime(), md.ctime_nsec()),
-                    ino: md.ino(),
-                    extents,
-                };
-                (rel, entry)
-            })
+            md.is_file().then(|| (rel, StatEntry::of(&md, extents)))
         })
         .collect();
     index.put_stats(workspace, &entries)?;
@@ -743,6 +732,23 @@ impl<'a> Planner<'a> {
     }
 }
 
+/// The file `file` of the plan opened for writing (never through a symlink), once per caller.
+fn open_target<'a>(open: &'a mut HashMap<usize, File>, plan: &Plan, file: usize) -> Result<&'a mut File> {
+    Ok(match open.entry(file) {
+        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            let path = &plan.files[file].path;
+            v.insert(
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                    .open(path)
+                    .at(path)?,
+            )
+        }
+    })
+}
+
 /// Copies chunks from a staged file, each verified against its id. Returns the needs whose bytes
 /// did not verify (to fetch instead) and the bytes copied.
 fn copy_local(plan: &Plan, src: &Path, needs: Vec<LocalNeed>) -> Result<(Vec<LocalNeed>, u64)> {
@@ -760,17 +766,9 @@ fn copy_local(plan: &Plan, src: &Path, needs: Vec<LocalNeed>) -> Result<(Vec<Loc
             continue;
         }
         let path = &plan.files[n.file].path;
-        let out = match open.entry(n.file) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                OpenOptions::new()
-                    .write(true)
-                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                    .open(path)
-                    .at(path)?,
-            ),
-        };
-        out.write_all_at(&buf, n.offset).at(path)?;
+        open_target(&mut open, plan, n.file)?
+            .write_all_at(&buf, n.offset)
+            .at(path)?;
         copied += buf.len() as u64;
     }
     Ok((failed, copied))
@@ -790,7 +788,7 @@ fn ensure_dir(path: &Path) -> Result<bool> {
 }
 
 /// Removes whatever is at `path` (a file, a link, a directory tree) so a new entry can be created.
-fn clear(path: &Path) -> Result<()> {
+pub(crate) fn clear(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
         Ok(md) if md.is_dir() => fs::remove_dir_all(path).at(path),
         Ok(_) => fs::remove_file(path).at(path),
@@ -867,17 +865,9 @@ fn write_run(plan: &Plan, key: &str, run: &Run, data: &[u8], progress: &Progress
         )?;
         for (file, offset) in targets {
             let path = &plan.files[*file].path;
-            let f = match open.entry(*file) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                    OpenOptions::new()
-                        .write(true)
-                        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                        .open(path)
-                        .at(path)?,
-                ),
-            };
-            f.write_all_at(&raw, *offset).at(path)?;
+            open_target(&mut open, plan, *file)?
+                .write_all_at(&raw, *offset)
+                .at(path)?;
             written += raw.len() as u64;
             Progress::add(&progress.bytes, raw.len() as u64);
         }

@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::IoContext;
-use crate::meta::ns;
+use crate::meta::{now_ns, ns};
 use crate::{Error, Result, RESTORE_MARKER};
 
 /// Written at the root before a restore touches anything, removed after its marker.
@@ -206,13 +206,18 @@ fn walk(path: &Path, rel: &Path, since: i128, found: &Found) {
     }
 }
 
-/// Nanoseconds since the epoch by the system clock (which the file system's coarse clock never
-/// runs ahead of).
-pub(crate) fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+/// A nanosecond time as the marker stores it (`None` past the year 2262: "unknown", which is safe).
+pub(crate) fn marker_ns(t: i128) -> Option<i64> {
+    i64::try_from(t).ok()
+}
+
+/// Records in `m` that the volume at `target` is in sync from now on, with its root's mtime as it
+/// is now.
+pub(crate) fn mark_synced(target: &Path, m: &mut RestoreMarker) -> Result<()> {
+    let md = fs::symlink_metadata(target).at(target)?;
+    m.root_mtime_ns = marker_ns(ns(md.mtime(), md.mtime_nsec()));
+    m.synced_ns = marker_ns(now_ns());
+    Ok(())
 }
 
 /// Marks `target` as the volume of `workspace` that starts empty, in sync from now on.
@@ -230,9 +235,7 @@ pub fn mark_empty(target: &Path, workspace: &str) -> Result<()> {
         root_mtime_ns: None,
     };
     write_marker(target, &m)?;
-    let md = fs::symlink_metadata(target).at(target)?;
-    m.root_mtime_ns = i64::try_from(ns(md.mtime(), md.mtime_nsec())).ok();
-    m.synced_ns = Some(now_ns());
+    mark_synced(target, &mut m)?;
     rewrite_marker(target, &m)
 }
 
@@ -296,13 +299,7 @@ pub(crate) fn end_restore(target: &Path) -> Result<()> {
 
 /// Removes a staging directory an earlier restore left.
 pub(crate) fn remove_staging(target: &Path) -> Result<()> {
-    let staging = target.join(STAGING_DIR);
-    match fs::symlink_metadata(&staging) {
-        Ok(md) if md.is_dir() => fs::remove_dir_all(&staging).at(&staging),
-        Ok(_) => fs::remove_file(&staging).at(&staging),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(&staging, e)),
-    }
+    crate::restore::clear(&target.join(STAGING_DIR))
 }
 
 /// Snapshot ids as hex strings in the marker's JSON.
