@@ -58,6 +58,15 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// This pod's name in heartbeats: `explicit` (`--host`), else `$HOSTNAME` (the pod name in
+/// Kubernetes), else `sidecar`.
+pub fn pod_host(explicit: Option<String>) -> String {
+    explicit
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sidecar".into())
+}
+
 /// The key of a heartbeat.
 pub fn heartbeat_key(workspace: &str, host: &str) -> String {
     format!("{HEARTBEATS_PREFIX}{workspace}/{host}")

@@ -49,7 +49,9 @@ pub use error::{Error, Result};
 pub use forget::{forget, forget_workspace, Decision, ForgetReport, KeepPolicy};
 pub use fork::{fork, ForkReport};
 pub use gc::{gc, Condemned, GcOptions, GcReport, GcState, GcView, GC_LEASE_KEY, GC_STATE_KEY};
-pub use heartbeat::{heartbeat_key, heartbeats, unix_now, Heartbeat, HeartbeatWriter, HEARTBEATS_PREFIX};
+pub use heartbeat::{
+    heartbeat_key, heartbeats, pod_host, unix_now, Heartbeat, HeartbeatWriter, HEARTBEATS_PREFIX,
+};
 pub use index::{BlobLocation, LocalIndex, PackInfo, StatEntry};
 pub use meta::is_root;
 pub use pack::{FinishedPack, PackBuilder};
@@ -58,10 +60,10 @@ pub use repo::{default_cache_dir, IndexHandle, InitOptions, Locations, Repo, Sna
 pub use restore::{restore, restore_with_trees, RestoreOptions, RestoreReport};
 pub use stats::{stats, RepoStats};
 pub use store::{
-    check_conditional_writes, open_store, open_store_with, parse_duration, request_counts, CountingStore,
-    FaultPlan, FaultStats, FaultStore, GcsOptions, GcsStore, GetResult, LocalStore, ObjectMeta, PutMode,
-    RequestCounts, RetryPolicy, RetryStats, RetryStore, S3Options, S3Store, Store, StoreExt, StoreOptions,
-    Version,
+    check_conditional_writes, open_store, open_store_with, parse_duration, parse_duration_arg,
+    request_counts, CountingStore, FaultPlan, FaultStats, FaultStore, GcsOptions, GcsStore, GetResult,
+    LocalStore, ObjectMeta, PutMode, RequestCounts, RetryPolicy, RetryStats, RetryStore, S3Options, S3Store,
+    Store, StoreExt, StoreOptions, Version,
 };
 pub use tree::SnapshotTrees;
 pub use verify::{verify_dir, VerifyReport};

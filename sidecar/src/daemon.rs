@@ -293,12 +293,7 @@ async fn run_hook(which: &str, cmd: &str, workspace: &str) -> anyhow::Result<()>
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let host = args
-        .host
-        .clone()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "sidecar".into());
+    let host = cairn_engine::pod_host(args.host.clone());
     let heartbeat = HeartbeatWriter::new(&args.workspace, &host).context("--host")?;
     let d = Arc::new(Daemon {
         args: args.clone(),

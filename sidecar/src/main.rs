@@ -52,14 +52,14 @@ pub struct RunArgs {
     #[arg(long, env = "CAIRN_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Time between checkpoints, e.g. 5m; 0 turns interval checkpoints off.
-    #[arg(long, env = "CAIRN_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "CAIRN_INTERVAL", default_value = "5m", value_parser = cairn_engine::parse_duration_arg)]
     pub interval: Duration,
     /// Spread of each interval, as a fraction (0.1 = plus or minus 10 %).
     #[arg(long, env = "CAIRN_JITTER", default_value_t = 0.1)]
     pub jitter: f64,
     /// Deadline of the final checkpoint on SIGTERM or flush; keep it under the pod's
     /// terminationGracePeriodSeconds.
-    #[arg(long, env = "CAIRN_FLUSH_DEADLINE", default_value = "25s", value_parser = parse_duration)]
+    #[arg(long, env = "CAIRN_FLUSH_DEADLINE", default_value = "25s", value_parser = cairn_engine::parse_duration_arg)]
     pub flush_deadline: Duration,
     /// Address of the health and metrics server.
     #[arg(long, env = "CAIRN_LISTEN", default_value = "0.0.0.0:9090")]
@@ -75,7 +75,7 @@ pub struct RunArgs {
     #[arg(long, env = "CAIRN_POST_HOOK")]
     pub post_hook: Option<String>,
     /// Time between heartbeats (`heartbeats/<workspace>/<host>` in the store); 0 turns them off.
-    #[arg(long, env = "CAIRN_HEARTBEAT_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "CAIRN_HEARTBEAT_INTERVAL", default_value = "60s", value_parser = cairn_engine::parse_duration_arg)]
     pub heartbeat_interval: Duration,
     /// This pod's name in heartbeats and snapshots (default: $HOSTNAME, the pod name).
     #[arg(long, env = "CAIRN_HOST")]
@@ -90,10 +90,6 @@ struct FlushArgs {
     /// Unix socket of the running daemon.
     #[arg(long, env = "CAIRN_CONTROL_SOCKET", default_value = "/tmp/cairn-sidecar.sock")]
     control_socket: PathBuf,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    cairn_engine::parse_duration(s).ok_or_else(|| format!("{s:?}: expected a duration like 30s or 5m"))
 }
 
 fn main() -> ExitCode {

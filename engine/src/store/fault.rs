@@ -91,6 +91,14 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
+/// [`parse_duration`] for command-line arguments: the error names the value and the form.
+///
+/// # Errors
+/// A message for anything [`parse_duration`] refuses.
+pub fn parse_duration_arg(s: &str) -> std::result::Result<Duration, String> {
+    parse_duration(s).ok_or_else(|| format!("{s:?}: expected a duration like 30s, 5m or 6h"))
+}
+
 /// Counts of what was injected.
 #[derive(Debug, Default)]
 pub struct FaultStats {

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use crate::{Error, Result};
 
 pub use count::{request_counts, CountingStore, RequestCounts};
-pub use fault::{parse_duration, FaultPlan, FaultStats, FaultStore};
+pub use fault::{parse_duration, parse_duration_arg, FaultPlan, FaultStats, FaultStore};
 pub use gcs::{GcsOptions, GcsStore};
 pub use local::LocalStore;
 pub use retry::{RetryPolicy, RetryStats, RetryStore};

@@ -15,18 +15,14 @@ pub struct GcArgs {
     /// Unreferenced objects younger than this are kept, and condemned ones are deleted only this
     /// long after a run condemned them. Must exceed the writers' session limit (CAIRN_MAX_SESSION,
     /// default 1h) plus their store retry time.
-    #[arg(long, env = "CAIRN_GC_PROTECT", default_value = "6h", value_parser = parse_duration)]
+    #[arg(long, env = "CAIRN_GC_PROTECT", default_value = "6h", value_parser = cairn_engine::parse_duration_arg)]
     protect: Duration,
     /// A lease left by a GC that died is taken over after this long.
-    #[arg(long, env = "CAIRN_GC_LEASE_TTL", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, env = "CAIRN_GC_LEASE_TTL", default_value = "1h", value_parser = cairn_engine::parse_duration_arg)]
     lease_ttl: Duration,
     /// Report what would be condemned and deleted; change nothing.
     #[arg(long, short = 'n')]
     dry_run: bool,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    cairn_engine::parse_duration(s).ok_or_else(|| format!("{s:?}: expected a duration like 30s, 6h"))
 }
 
 pub async fn run(g: &Global, a: GcArgs) -> Result<u8> {

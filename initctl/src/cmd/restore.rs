@@ -58,11 +58,11 @@ pub struct RestoreArgs {
     base: Option<String>,
     /// How long to wait for another pod of this workspace whose sidecar still runs (its final
     /// snapshot not sealed yet) before restoring the last sealed one; 0 does not wait.
-    #[arg(long, env = "CAIRN_WAIT_PREVIOUS", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "CAIRN_WAIT_PREVIOUS", default_value = "60s", value_parser = cairn_engine::parse_duration_arg)]
     wait_previous: Duration,
     /// How long to keep retrying a store that cannot be reached or refuses the credentials
     /// (a new pod's credentials can take seconds to appear).
-    #[arg(long, env = "CAIRN_STORE_WAIT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "CAIRN_STORE_WAIT", default_value = "60s", value_parser = cairn_engine::parse_duration_arg)]
     store_wait: Duration,
     /// A volume with changes its snapshot does not have (the pod's node died before the final
     /// checkpoint) is never rolled back: back the changes up first, or keep them unsaved.
@@ -216,16 +216,8 @@ async fn wait_for_previous(g: &Global, a: &RestoreArgs, repo: &Repo, out: &mut R
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    cairn_engine::parse_duration(s).ok_or_else(|| format!("{s:?}: expected a duration like 30s or 5m"))
-}
-
 fn host(a: &RestoreArgs) -> String {
-    a.host
-        .clone()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "sidecar".into())
+    cairn_engine::pod_host(a.host.clone())
 }
 
 /// An empty volume (or one an interrupted restore left): the head, the base, or nothing.
