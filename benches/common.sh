@@ -17,3 +17,28 @@ if [ ! -f "$corpus.complete" ]; then
   SEED=1 bash ../shared/corpus/make-workspace.sh "$corpus.building" >&2
   rm -rf "$corpus" && mv "$corpus.building" "$corpus" && touch "$corpus.complete"
 fi
+
+py=${CAIRN_PY_VENV:-$HOME/.cache/cairn-py}/bin/python
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# bench_dirs NAME: sets `work` (a temp dir) and `shm` (one on tmpfs), and on exit kills the
+# processes in `pids` and removes both (unless KEEP is set).
+bench_dirs() {
+  work=$(mktemp -d "${TMPDIR:-/tmp}/cairn-$1.XXXXXX")
+  shm=$(mktemp -d "/dev/shm/cairn-$1.XXXXXX")
+  pids=()
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -n "${KEEP:-}" ] || rm -rf "$work" "$shm"' EXIT
+}
+
+# start_moto BUCKET...: starts the suite's S3 server (moto) on a free port, sets `s3_port`, waits
+# until it answers and creates the buckets. It lives while this script holds fd 8 (launch.py exits
+# at EOF on stdin).
+start_moto() {
+  s3_port=$(free_port)
+  mkfifo "$work/hold"
+  "$py" tests/servers/launch.py s3 "$s3_port" <"$work/hold" >"$work/s3.log" 2>&1 &
+  pids+=($!)
+  exec 8>"$work/hold"
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$s3_port/" && break; sleep 0.1; done
+  for b in "$@"; do curl -sf -X PUT "http://127.0.0.1:$s3_port/$b" >/dev/null; done
+}

@@ -15,10 +15,8 @@ n=${N:-200}
 # shellcheck source=benches/common.sh
 source benches/common.sh
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/cairn-fleet.XXXXXX")
-vol=/dev/shm/cairn-fleet-vol.$$
-cleanup() { [ -n "${KEEP:-}" ] || rm -rf "$work" "$vol"; }
-trap cleanup EXIT
+bench_dirs fleet
+vol=$shm/vol
 export CAIRN_STORE=$work/store CAIRN_QUIET=1
 "$cairn" init >/dev/null
 CAIRN_CACHE_DIR=$work/cache-base "$cairn" backup --workspace base "$corpus" >/dev/null

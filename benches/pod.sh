@@ -20,24 +20,8 @@ rounds=${ROUNDS:-2}
 
 # shellcheck source=benches/common.sh
 source benches/common.sh
-py=${CAIRN_PY_VENV:-$HOME/.cache/cairn-py}/bin/python
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/cairn-podbench.XXXXXX")
-shm=$(mktemp -d /dev/shm/cairn-podbench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -n "${KEEP:-}" ] || rm -rf "$work" "$shm"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-s3_port=$(free_port)
-mkfifo "$work/hold"
-"$py" tests/servers/launch.py s3 "$s3_port" <"$work/hold" >"$work/s3.log" 2>&1 &
-pids+=($!)
-exec 8>"$work/hold"
-for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$s3_port/" && break; sleep 0.1; done
-curl -sf -X PUT "http://127.0.0.1:$s3_port/cairn-bench" >/dev/null
+bench_dirs podbench
+start_moto cairn-bench
 
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 export AWS_ENDPOINT_URL=http://127.0.0.1:$s3_port CAIRN_STORE=s3://cairn-bench/pods CAIRN_QUIET=1

@@ -20,33 +20,13 @@ rounds=${ROUNDS:-2}
 
 # shellcheck source=benches/common.sh
 source benches/common.sh
-py=${CAIRN_PY_VENV:-$HOME/.cache/cairn-py}/bin/python
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/cairn-s3bench.XXXXXX")
-shm=$(mktemp -d /dev/shm/cairn-s3bench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -n "${KEEP:-}" ] || rm -rf "$work" "$shm"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-s3_port=$(free_port)
+bench_dirs s3bench
+start_moto cairn-bench restic-bench
 proxy_port=$(free_port)
-mkfifo "$work/hold"
-# The server lives while this script holds the fifo open (launch.py exits at EOF on stdin).
-"$py" tests/servers/launch.py s3 "$s3_port" <"$work/hold" >"$work/s3.log" 2>&1 &
-pids+=($!)
-exec 8>"$work/hold"
 cargo build --release -q -p latency-proxy
 "$target_dir/release/latency-proxy" "$proxy_port" "$s3_port" "$delay_ms" >"$work/proxy.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do
-  curl -s -o /dev/null "http://127.0.0.1:$s3_port/" && curl -s -o /dev/null "http://127.0.0.1:$proxy_port/" && break
-  sleep 0.1
-done
-curl -sf -X PUT "http://127.0.0.1:$s3_port/cairn-bench" >/dev/null
-curl -sf -X PUT "http://127.0.0.1:$s3_port/restic-bench" >/dev/null
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$proxy_port/" && break; sleep 0.1; done
 
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 export CAIRN_WORKSPACE=bench CAIRN_QUIET=1 RESTIC_PASSWORD=bench

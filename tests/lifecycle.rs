@@ -58,11 +58,7 @@ impl Pod {
 
     /// Starts `sidecar run` with `extra` flags and waits until it is ready.
     fn start(&mut self, extra: &[&str]) {
-        self.port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        self.port = free_port();
         let mut cmd = Command::new(bin_path("sidecar"));
         cmd.arg("run")
             .arg("--source")
@@ -76,11 +72,7 @@ impl Pod {
             .stderr(Stdio::piped());
         cmd.envs(self.env());
         self.child = Some(cmd.spawn().expect("start sidecar"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http_get(self.port, "/readyz").0 != 200 {
-            assert!(Instant::now() < deadline, "sidecar never became ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_ready(self.port, Instant::now() + Duration::from_secs(20));
     }
 
     /// Sends `signal` and waits for the daemon to exit.
@@ -111,6 +103,12 @@ impl Pod {
         initctl(args, &env)
     }
 
+    /// The workspace's first snapshot: `initctl backup` of the pod's tree.
+    fn backup_ws(&self) {
+        let o = self.initctl(&["backup", self.ws().to_str().expect("utf-8")]);
+        assert!(o.status.success(), "backup: {}", stderr(&o));
+    }
+
     fn restore_to(&self, out: &Path) {
         let o = self.initctl(&["restore", out.to_str().expect("utf-8")]);
         assert!(o.status.success(), "restore: {}", stderr(&o));
@@ -123,6 +121,22 @@ impl Drop for Pod {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Waits until the sidecar on `port` answers `/readyz` with 200, failing at `deadline`.
+fn wait_ready(port: u16, deadline: Instant) {
+    while http_get(port, "/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "sidecar never became ready");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -412,11 +426,7 @@ struct Sidecar {
 
 impl Sidecar {
     fn start(pod: &Pod, host: &str, source: &Path) -> Sidecar {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = free_port();
         let socket = pod.path(&format!("{host}.sock"));
         let mut cmd = Command::new(bin_path("sidecar"));
         cmd.arg("run")
@@ -434,10 +444,7 @@ impl Sidecar {
         cmd.envs(pod.env());
         let child = Some(cmd.spawn().expect("start sidecar"));
         let deadline = Instant::now() + Duration::from_secs(20);
-        while http_get(port, "/readyz").0 != 200 {
-            assert!(Instant::now() < deadline, "sidecar never became ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_ready(port, deadline);
         // Ready; wait for its first heartbeat so other pods can see it.
         loop {
             let o = pod.initctl(&["heartbeats", "--workspace", "agent"]);
@@ -510,8 +517,7 @@ fn marker(vol: &Path) -> serde_json::Value {
 #[test]
 fn node_loss_keeps_every_edit_and_the_init_step_rerun_is_a_no_op() {
     let pod = Pod::new();
-    let o = pod.initctl(&["backup", pod.ws().to_str().expect("utf-8")]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    pod.backup_ws();
     let vol = pod.path("vol");
     assert_eq!(pod.init(&vol, &[])["action"], "restore");
     assert_eq!(pod.init(&vol, &[])["action"], "none");
@@ -560,8 +566,7 @@ fn node_loss_keeps_every_edit_and_the_init_step_rerun_is_a_no_op() {
 #[test]
 fn a_volume_one_session_behind_fetches_only_what_differs() {
     let pod = Pod::new();
-    let o = pod.initctl(&["backup", pod.ws().to_str().expect("utf-8")]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    pod.backup_ws();
     let (a, b) = (pod.path("vol-a"), pod.path("vol-b"));
     pod.init(&a, &[]);
     pod.init(&b, &[]);
@@ -605,8 +610,7 @@ fn a_volume_one_session_behind_fetches_only_what_differs() {
 #[test]
 fn an_interrupted_restore_is_finished_by_the_next_run() {
     let pod = Pod::new();
-    let o = pod.initctl(&["backup", pod.ws().to_str().expect("utf-8")]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    pod.backup_ws();
     let vol = pod.path("vol");
     let mut cmd = Command::new(bin_path("initctl"));
     cmd.args(["restore", vol.to_str().expect("utf-8")])
@@ -645,8 +649,7 @@ fn an_interrupted_restore_is_finished_by_the_next_run() {
 #[test]
 fn a_new_pod_waits_for_the_previous_pods_final_snapshot_then_starts_degraded_if_it_never_comes() {
     let pod = Pod::new();
-    let o = pod.initctl(&["backup", pod.ws().to_str().expect("utf-8")]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    pod.backup_ws();
     let old = pod.path("old");
     pod.init(&old, &[]);
     let mut sc = Sidecar::start(&pod, "pod-a", &old);
@@ -699,8 +702,7 @@ fn a_new_pod_waits_for_the_previous_pods_final_snapshot_then_starts_degraded_if_
 #[test]
 fn two_pods_of_one_workspace_never_hide_each_others_sealed_snapshots() {
     let pod = Pod::new();
-    let o = pod.initctl(&["backup", pod.ws().to_str().expect("utf-8")]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    pod.backup_ws();
     let (a, b) = (pod.path("vol-a"), pod.path("vol-b"));
     pod.init(&a, &[]);
     pod.init(&b, &[]);
@@ -780,8 +782,7 @@ fn copy_tree(from: &Path, to: &Path) {
 #[test]
 fn init_retries_a_store_that_refuses_it_while_credentials_warm_up() {
     let pod = Pod::new();
-    let o = pod.initctl(&["backup", pod.ws().to_str().expect("utf-8")]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    pod.backup_ws();
     let run = |faults: &str, wait: &str, vol: &Path| {
         let mut env = pod.env();
         env.push(("CAIRN_FAULTS", faults.into()));
