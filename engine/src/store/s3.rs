@@ -112,7 +112,12 @@ impl S3Store {
         let sdk = loader.load().await;
         let endpoint = sdk.endpoint_url().map(str::to_string);
         let path_style = opts.path_style.unwrap_or(endpoint.is_some());
-        let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(path_style);
+        // Every blob is verified against its BLAKE3 id after download, so a CRC of each response
+        // adds nothing but work (and asks the server to compute one): validate only when an
+        // operation requires it. Uploads keep the SDK's default checksum.
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(path_style)
+            .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
         if sdk.region().is_none() {
             // S3-compatible servers rarely care; AWS itself redirects a wrong region clearly.
             conf = conf.region(Region::new("us-east-1"));
