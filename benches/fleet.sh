@@ -4,7 +4,8 @@
 # agent session (benches/fleet_session.py: ~3 MiB of edits, a new dependency, a random blob,
 # deletions), an incremental backup. Reports stored bytes against the base plus the sessions'
 # deltas, objects and requests per backup and per restore, backup RSS as the repository grows,
-# and GC time after half the workspaces are deleted.
+# GC with the repack of small packs, cross-workspace dedup through the compacted index (pods that
+# back up the corpus as unrelated workspaces), and GC time after half the workspaces are deleted.
 #
 #   benches/fleet.sh [--write]        N=200 by default; --write appends to benches/RESULTS.md
 set -euo pipefail
@@ -24,10 +25,12 @@ stored() { "$cairn" stats --json | python3 -c 'import json,sys; print(json.load(
 objects() { "$cairn" stats --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["objects"])'; }
 base_stored=$(stored)
 base_objects=$(objects)
+# A first GC builds the compacted index, so the fleet's backups run with one (as in production).
+"$cairn" gc --protect 6h >/dev/null
 
 j() { python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$@"; }
 log=$work/fleet.tsv
-echo -e "i\tfork_s\trestore_s\trestore_req\tbackup_s\tbackup_rss_kib\tbackup_req\tbackup_put\tuploaded\tdelta" >"$log"
+echo -e "i\tfork_s\trestore_s\trestore_req\tbackup_s\tbackup_rss_kib\tbackup_req\tbackup_put\tuploaded\tdelta\tsegments" >"$log"
 delta_sum=0
 started=$(date +%s.%N)
 for i in $(seq "$n"); do
@@ -39,17 +42,37 @@ for i in $(seq "$n"); do
   CAIRN_CACHE_DIR=$cache "$cairn" restore --json --workspace "$ws" "$vol" >"$work/restore.json"
   delta=$(python3 benches/fleet_session.py "$vol" "$i")
   CAIRN_CACHE_DIR=$cache /usr/bin/time -f '%M' -o "$work/rss" "$cairn" backup --json --workspace "$ws" "$vol" >"$work/backup.json"
-  printf '%s\t%.3f\t%.3f\t%s\t%.3f\t%s\t%s\t%s\t%s\t%s\n' "$i" "$(python3 -c "print($t1 - $t0)")" \
+  printf '%s\t%.3f\t%.3f\t%s\t%.3f\t%s\t%s\t%s\t%s\t%s\t%s\n' "$i" "$(python3 -c "print($t1 - $t0)")" \
     "$(j "$work/restore.json" 'v["seconds"]')" "$(j "$work/restore.json" 'sum(x for k,x in v["requests"].items() if not k.startswith("bytes"))')" \
     "$(j "$work/backup.json" 'v["seconds"]')" "$(tail -1 "$work/rss")" \
     "$(j "$work/backup.json" 'sum(x for k,x in v["requests"].items() if not k.startswith("bytes"))')" \
-    "$(j "$work/backup.json" 'v["requests"]["put"]')" "$(j "$work/backup.json" 'v["uploaded_bytes"]')" "$delta" >>"$log"
+    "$(j "$work/backup.json" 'v["requests"]["put"]')" "$(j "$work/backup.json" 'v["uploaded_bytes"]')" "$delta" "$(j "$work/backup.json" 'v["segments_fetched"]')" >>"$log"
   delta_sum=$((delta_sum + delta))
   rm -rf "$vol" "$cache"
   [ $((i % 20)) -eq 0 ] && echo "fleet: $i/$n workspaces ($(python3 -c "print(round($(date +%s.%N) - $started))") s)" >&2
 done
 total_stored=$(stored)
 total_objects=$(objects)
+
+# GC with nothing to condemn: repacks the sessions' small packs and rebuilds the compacted index.
+/usr/bin/time -f '%e %M' -o "$work/gc.time" "$cairn" gc --json --protect 6h >"$work/gc.json"
+read -r gc0_s gc0_rss <"$work/gc.time"
+gc0=$(j "$work/gc.json" '"repacked %d packs (%.1f MiB) into %d; index %d blobs, %d segments" % (v["repacked_packs"], v["repacked_bytes"]/2**20, v["repack_written"], v["compact_blobs"], v["compact_segments"])')
+repacked_objects=$(objects)
+CAIRN_CACHE_DIR=$work/cache-r "$cairn" restore --json --workspace ws-2 "$vol" >"$work/restore.json"
+after_repack_req=$(j "$work/restore.json" 'sum(x for k,x in v["requests"].items() if not k.startswith("bytes"))')
+after_repack_s=$(j "$work/restore.json" 'v["seconds"]')
+rm -rf "$vol" "$work/cache-r"
+
+# Unrelated pods that install the same things: the corpus backed up as new workspaces (no fork,
+# no base, empty caches), with the compacted index and without.
+indep() {
+  CAIRN_CACHE_DIR=$work/cache-i CAIRN_DEDUP_FETCHES=$2 "$cairn" backup --json --workspace "$1" "$corpus" >"$work/indep.json"
+  rm -rf "$work/cache-i"
+  j "$work/indep.json" '"%.1f MiB uploaded, %d segments fetched (%d useful), %.2f s" % (v["uploaded_bytes"]/2**20, v["segments_fetched"], v["useful_fetches"], v["seconds"])'
+}
+indep_with=$(indep indep-1 64)
+indep_without=$(indep indep-2 0)
 
 # Delete half the workspaces, then GC twice (condemn, then sweep after the window).
 for i in $(seq 1 2 "$n"); do "$cairn" forget --workspace "ws-$i" --all >/dev/null; done
@@ -77,10 +100,14 @@ print(f"| stored / (base + deltas) | {total / (base + delta):.3f} |")
 print(f"| objects: base, after | {bobj}, {tobj} ({(tobj - bobj) / n:.1f} per workspace) |")
 print(f"| fork: median wall | {statistics.median(col('fork_s')) * 1000:.0f} ms |")
 print(f"| restore (empty volume, seeds the cache): median wall, requests | {statistics.median(col('restore_s')):.2f} s, {statistics.median(col('restore_req')):.0f} |")
-print(f"| backup after the session: median wall, requests, puts | {statistics.median(col('backup_s')):.2f} s, {statistics.median(col('backup_req')):.0f}, {statistics.median(col('backup_put')):.0f} |")
+print(f"| backup after the session: median wall, requests, puts, index segments fetched | {statistics.median(col('backup_s')):.2f} s, {statistics.median(col('backup_req')):.0f}, {statistics.median(col('backup_put')):.0f}, {statistics.median(col('segments')):.0f} |")
 print(f"| backup peak RSS, median of the first and last {len(first)} | {rss(first):.0f} MiB, {rss(last):.0f} MiB |")
 PY
 )
+summary+=$'\n'"| gc 0, nothing to condemn (repack + compacted index) | ${gc0_s} s, $((gc0_rss / 1024)) MiB: $gc0; objects $total_objects -> $repacked_objects |"
+summary+=$'\n'"| restore of ws-2 after the repack: wall, requests | ${after_repack_s} s, $after_repack_req |"
+summary+=$'\n'"| unrelated pod backs up the corpus, compacted index on (64 fetches) | $indep_with |"
+summary+=$'\n'"| the same with CAIRN_DEDUP_FETCHES=0 | $indep_without |"
 summary+=$'\n'"| gc 1 after deleting $((n / 2 + n % 2)) workspaces (condemn) | ${gc1_s} s, $((gc1_rss / 1024)) MiB: $gc1 |"
 summary+=$'\n'"| gc 2 (sweep) | ${gc2_s} s, $((gc2_rss / 1024)) MiB: $gc2; stored now $(python3 -c "print(round($after_gc / 2**20, 1))") MiB |"
 echo "$summary"

@@ -22,6 +22,8 @@ fn opts(protect: Duration) -> GcOptions {
         dry_run: false,
         holder: "test".into(),
         lease_ttl: Duration::from_secs(60),
+        repack: true,
+        repack_below: None,
     }
 }
 
@@ -63,6 +65,15 @@ fn keys(store_dir: &Path, prefix: &str) -> Vec<String> {
 #[tokio::test]
 async fn gc_condemns_then_deletes_only_what_nothing_references_and_backups_avoid_condemned_data() {
     let t = TestRepo::new().await;
+    // Pack counts below are about condemnation alone: no repacking here (tested on its own).
+    let run_gc = |repo: &Repo, protect: Duration| {
+        let o = GcOptions {
+            repack: false,
+            ..opts(protect)
+        };
+        let repo = repo.clone();
+        async move { gc(&repo, &o).await.expect("gc") }
+    };
     // Store times have whole seconds, so a 1 s window takes 2 s to pass for sure.
     let protect = Duration::from_secs(1);
     let wait = Duration::from_millis(2100);
@@ -148,6 +159,7 @@ async fn a_backup_that_deduplicated_before_the_condemnation_resurrects_what_it_u
     let slow = Repo::open(slow_store).await.expect("open");
     let bopts = BackupOptions {
         max_session: Duration::from_secs(2),
+        dedup_fetches: cairn_engine::dedup_fetches_from_env(),
         workspace: "w".into(),
         source: src.clone(),
         cache_dir: t.cache_dir(),
@@ -228,8 +240,15 @@ fn writers_forks_restores_and_gc_at_once(env: &[(&str, String)], scratch: &Path)
                             &dir.join(format!("round-{i}.bin")),
                             &random_bytes(100 * w + i, 40 << 10),
                         );
+                        // And a file every writer adds alike (a dependency all install): a
+                        // writer may find it through the compacted index of another's record.
+                        write(
+                            &dir.join(format!("shared-{i}.bin")),
+                            &random_bytes(7000 + i, 40 << 10),
+                        );
                         if i > 0 {
                             std::fs::remove_file(dir.join(format!("round-{}.bin", i - 1))).expect("rm");
+                            std::fs::remove_file(dir.join(format!("shared-{}.bin", i - 1))).expect("rm");
                         }
                         let id = ok(
                             &["backup", "--workspace", &ws, dir.to_str().expect("utf-8")],
@@ -315,6 +334,11 @@ fn writers_forks_restores_and_gc_at_once(env: &[(&str, String)], scratch: &Path)
         total("deleted_packs"),
         total("deleted_records")
     );
+    assert!(
+        total("repacked_packs") > 0,
+        "GC repacked small packs while writers ran: {} runs",
+        reports.len()
+    );
     let expected = expected.lock().expect("lock");
     assert!(expected.len() >= 3 * 4, "{}", expected.len());
     for (id, (ws, copy)) in expected.iter() {
@@ -370,4 +394,200 @@ fn concurrency_on_the_s3_server() {
     env.push(("CAIRN_CACHE_DIR", dir.path().join("cache").display().to_string()));
     env.push(("CAIRN_QUIET", "1".into()));
     writers_forks_restores_and_gc_at_once(&env, dir.path());
+}
+
+/// A backup into `ws` with its own cache (another pod) and a budget of compacted-index fetches.
+async fn pod_backup(
+    t: &TestRepo,
+    ws: &str,
+    source: &Path,
+    cache: &str,
+    fetches: usize,
+) -> cairn_engine::BackupReport {
+    let opts = BackupOptions {
+        workspace: ws.into(),
+        source: source.to_path_buf(),
+        cache_dir: t.scratch(cache),
+        tags: vec![],
+        host: Some(cache.into()),
+        max_session: Duration::from_secs(3600),
+        dedup_fetches: fetches,
+    };
+    backup(&t.repo, &opts, Arc::new(Progress::default()))
+        .await
+        .expect("backup")
+}
+
+#[tokio::test]
+async fn a_backup_deduplicates_against_other_workspaces_through_the_compacted_index() {
+    let t = TestRepo::new().await;
+    // Workspace a installs 20 libraries; GC compacts the index.
+    let a = t.scratch("a");
+    for i in 0..20u64 {
+        write(&a.join(format!("lib/f{i}.bin")), &random_bytes(500 + i, 50 << 10));
+    }
+    let ra = pod_backup(&t, "a", &a, "cache-a", 64).await;
+    let r = run_gc(&t.repo, Duration::from_secs(3600)).await;
+    assert!(r.compact_blobs >= 20 && r.compact_segments >= 1, "{r:?}");
+    assert!(keys(&t.store_dir(), "index/compact").len() as u64 >= r.compact_segments);
+
+    // Another pod, unrelated to a (no parent, no base), installs the same libraries: only its own
+    // file and its trees are new, and its snapshot cites a's record.
+    let b = t.scratch("b");
+    for i in 0..20u64 {
+        write(&b.join(format!("lib/f{i}.bin")), &random_bytes(500 + i, 50 << 10));
+    }
+    write(&b.join("own.bin"), &random_bytes(99, 50 << 10));
+    let rb = pod_backup(&t, "b", &b, "cache-b", 64).await;
+    assert!(
+        rb.global.segments_fetched >= 1 && rb.global.useful_fetches >= 1,
+        "{:?}",
+        rb.global
+    );
+    assert!(rb.stats.new_bytes < 60 << 10, "{:?}", rb.stats);
+    let (_, ma) = t.repo.resolve("a", None).await.expect("a");
+    let (_, mb) = t.repo.resolve("b", None).await.expect("b");
+    assert!(
+        mb.index.iter().any(|r| ma.index.contains(r)),
+        "b cites a's record"
+    );
+    // With no fetch budget a third pod stores everything again.
+    let rc = pod_backup(&t, "c", &b, "cache-c", 0).await;
+    assert_eq!(rc.global.segments_fetched, 0);
+    // A pod whose data is all new fetches and finds nothing (the index has one shard here, so this
+    // does not exercise the cutoff after 8 fruitless fetches; the fleet bench does).
+    let d = t.scratch("d");
+    for i in 0..200u64 {
+        write(&d.join(format!("n{i}.bin")), &random_bytes(5000 + i, 1 << 10));
+    }
+    let rd = pod_backup(&t, "d", &d, "cache-d", 64).await;
+    assert!(
+        rd.global.segments_fetched <= 8 && rd.global.useful_fetches == 0,
+        "{:?}",
+        rd.global
+    );
+    assert!(rc.stats.new_bytes >= 21 * (50 << 10), "{:?}", rc.stats);
+
+    // Workspace a goes away entirely; what b relies on survives every sweep.
+    cairn_engine::forget_workspace(&t.repo, "a", false)
+        .await
+        .expect("forget a");
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        run_gc(&t.repo, Duration::from_secs(1)).await;
+    }
+    assert!(t.repo.resolve("a", Some(&ra.snapshot.to_hex())).await.is_err());
+    let out = t.scratch("out-b");
+    t.restore("b", None, &out).await;
+    assert_same_tree(&b, &out);
+    let c = cairn_engine::check(&t.repo, true, Arc::new(Progress::default()))
+        .await
+        .expect("check");
+    assert!(c.errors.is_empty(), "{:?}", c.errors);
+}
+
+#[tokio::test]
+async fn small_packs_are_repacked_and_every_snapshot_still_restores() {
+    let t = TestRepo::new().await;
+    let src = t.scratch("src");
+    // Six short sessions, each replacing one small file: six small data packs.
+    let mut snaps = Vec::new();
+    for i in 0..6u64 {
+        write(&src.join(format!("f{i}.bin")), &random_bytes(900 + i, 20 << 10));
+        if i > 0 {
+            std::fs::remove_file(src.join(format!("f{}.bin", i - 1))).expect("rm");
+        }
+        let r = t.backup("w", &src).await;
+        let copy = t.scratch(&format!("copy{i}"));
+        copy_tree(&src, &copy);
+        snaps.push((r.snapshot, copy));
+    }
+    let before = keys(&t.store_dir(), "packs/data").len();
+    let r = run_gc(&t.repo, Duration::from_secs(3600)).await;
+    assert!(r.repacked_packs >= 6 && r.repack_written >= 1, "{r:?}");
+    assert_eq!(r.condemned, 0, "{r:?}");
+    let after = keys(&t.store_dir(), "packs/data").len();
+    assert!(after + 5 <= before, "{before} data packs -> {after}");
+    assert_eq!(keys(&t.store_dir(), "index/moved").len() as u64, r.repacked_packs);
+
+    // Every snapshot restores from the moved blobs (a fresh handle: nothing cached), and check
+    // verifies the new packs in place of the old.
+    let fresh = Repo::open(t.repo.store().clone()).await.expect("open");
+    for (i, (id, copy)) in snaps.iter().enumerate() {
+        let (_, m) = fresh.resolve("w", Some(&id.to_hex())).await.expect("resolve");
+        let out = t.scratch(&format!("out{i}"));
+        let opts = cairn_engine::RestoreOptions::new(&out);
+        cairn_engine::restore(&fresh, *id, &m, &opts, Arc::new(Progress::default()))
+            .await
+            .expect("restore");
+        assert_same_tree(copy, &out);
+    }
+    let c = cairn_engine::check(&t.repo, true, Arc::new(Progress::default()))
+        .await
+        .expect("check");
+    assert!(c.errors.is_empty() && c.moved_packs >= 6, "{c:?}");
+
+    // A backup whose local index still knows the old packs, and its restore.
+    write(&src.join("g.bin"), &random_bytes(77, 20 << 10));
+    let r7 = t.backup("w", &src).await;
+    let out = t.scratch("out7");
+    t.restore("w", Some(&r7.snapshot), &out).await;
+    assert_same_tree(&src, &out);
+
+    // Old sessions forgotten: their moves go with their records, the new pack stays for the
+    // blobs still referenced, and the last snapshot still restores.
+    forget(&t.repo, "w", &keep_last(1), false).await.expect("forget");
+    let mut deleted_moves = 0;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        deleted_moves += run_gc(&t.repo, Duration::from_secs(1)).await.deleted_moves;
+    }
+    assert!(deleted_moves >= 4, "{deleted_moves}");
+    let out = t.scratch("out-last");
+    t.restore("w", Some(&r7.snapshot), &out).await;
+    assert_same_tree(&src, &out);
+    let c = cairn_engine::check(&t.repo, true, Arc::new(Progress::default()))
+        .await
+        .expect("check");
+    assert!(c.errors.is_empty(), "{c:?}");
+}
+
+#[tokio::test]
+async fn a_repacked_pack_without_its_move_fails_restore_and_check_by_name() {
+    let t = TestRepo::new().await;
+    let src = t.scratch("src");
+    for i in 0..4u64 {
+        write(&src.join(format!("f{i}.bin")), &random_bytes(300 + i, 30 << 10));
+        t.backup("w", &src).await;
+    }
+    let r = run_gc(&t.repo, Duration::from_secs(3600)).await;
+    assert!(r.repacked_packs >= 4, "{r:?}");
+    // Lose one move (an operator's mistake, a bucket lifecycle rule).
+    let moves = t.objects("index/moved");
+    std::fs::remove_file(&moves[0]).expect("rm");
+    let pack = moves[0].file_name().expect("name").to_string_lossy().to_string();
+    let fresh = Repo::open(t.repo.store().clone()).await.expect("open");
+    let (id, m) = fresh.resolve("w", None).await.expect("resolve");
+    let out = t.scratch("out");
+    let err = cairn_engine::restore(
+        &fresh,
+        id,
+        &m,
+        &cairn_engine::RestoreOptions::new(&out),
+        Arc::new(Progress::default()),
+    )
+    .await
+    .expect_err("a blob has nowhere to come from");
+    assert!(err.to_string().contains(&pack), "{err}");
+    assert!(!out.join(cairn_engine::RESTORE_MARKER).exists());
+    let c = cairn_engine::check(&fresh, false, Arc::new(Progress::default()))
+        .await
+        .expect("check");
+    assert!(
+        c.errors
+            .iter()
+            .any(|e| e.contains(&pack) && e.contains("missing")),
+        "{:?}",
+        c.errors
+    );
 }

@@ -74,6 +74,10 @@ pub struct BackupOptions {
     /// A backup running longer than this commits nothing (garbage collection's protection window
     /// must exceed it); see [`max_session_from_env`].
     pub max_session: Duration,
+    /// Compacted index segments this backup may fetch to deduplicate against other workspaces
+    /// (0: only the parent, the base and what this cache learned before); see
+    /// [`crate::dedup_fetches_from_env`].
+    pub dedup_fetches: usize,
 }
 
 /// The session limit: `CAIRN_MAX_SESSION` (like `90m`), else one hour.
@@ -118,6 +122,8 @@ pub struct BackupReport {
     pub stats: SnapshotStats,
     /// Entries left out or only partly read, one line each.
     pub warnings: Vec<String>,
+    /// What the compacted index contributed.
+    pub global: crate::GlobalDedup,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -182,6 +188,7 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
             repo.config().packs.meta as usize,
         )),
         pending: Mutex::new(HashSet::new()),
+        global: crate::compact::GlobalIndex::new(repo, &gc, opts.dedup_fetches),
         gc,
         records: Mutex::new(HashSet::new()),
         unrecorded: Mutex::new(HashSet::new()),
@@ -260,7 +267,7 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
     if session_packs.is_empty() && (!orphans.is_empty() || consolidate) {
         // A record without a pack of this session's could equal one that GC condemned (same
         // packs, same bytes, same name); a fresh pack makes every record unique.
-        packs.push(store_pack(repo, &index, seal(PackBuilder::new(PackKind::Meta, 64))).await?);
+        packs.push(store_pack(repo, &index, PackBuilder::new(PackKind::Meta, 64).seal()).await?);
     }
     for pack in orphans {
         packs.push(adopt_pack(repo, &index, pack).await?);
@@ -325,6 +332,7 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         parent: parent.map(|(id, _)| id),
         stats,
         warnings,
+        global: session.global.report(),
         elapsed: started.elapsed(),
     })
 }
@@ -407,17 +415,6 @@ fn update_marker(
     if let Err(e) = volume::rewrite_marker(source, &m) {
         tracing::warn!(error = %e, "could not update the volume marker; the next init will back the volume up first");
     }
-}
-
-/// Seals a pack with a random 16-byte blob in it, so that no two packs are ever the same bytes
-/// (a pack's name is the hash of its bytes). A backup must never "re-create" a pack that garbage
-/// collection condemned (create-only puts would report it as already there, and the sweep would
-/// then delete what this backup relies on); a unique pack cannot collide with one. Restores never
-/// read the blob; `check --read-data` verifies it like any other.
-fn seal(mut b: PackBuilder) -> FinishedPack {
-    let nonce: [u8; 16] = rand::random();
-    b.add(&encode_blob(BlobId::of(&nonce), &nonce, 0));
-    b.finish()
 }
 
 /// Uploads a sealed pack and tells the local index about it (only once it is stored).
@@ -540,17 +537,31 @@ struct Session {
     pending: Mutex<HashSet<BlobId>>,
     /// What garbage collection condemned when this backup began.
     gc: crate::gc::GcView,
+    /// Other workspaces' blobs, shard by shard.
+    global: crate::compact::GlobalIndex,
     /// Records that locate blobs this snapshot reuses.
     records: Mutex<HashSet<IndexId>>,
     /// Packs holding reused blobs that no stored record lists yet.
     unrecorded: Mutex<HashSet<PackId>>,
-    /// The covering record of each pack looked up so far (packs are few, blobs many).
-    pack_records: Mutex<HashMap<PackId, Option<IndexId>>>,
+    /// How each pack looked up so far is covered (packs are few, blobs many).
+    pack_records: Mutex<HashMap<PackId, Cover>>,
     tx: Mutex<Option<mpsc::Sender<FinishedPack>>>,
     warnings: Mutex<Vec<String>>,
     counters: Counters,
     progress: Arc<Progress>,
     racy_after_ns: i128,
+}
+
+/// How a snapshot that reuses a stored pack's blobs locates them.
+#[derive(Clone, Copy, Debug)]
+enum Cover {
+    /// Through this stored record.
+    Cite(IndexId),
+    /// No stored record lists the pack (an unfinished backup uploaded it): this snapshot's record
+    /// adopts it.
+    Adopt,
+    /// Its record is condemned: store the blob anew.
+    Avoid,
 }
 
 /// How one attempt at reading a file ended.
@@ -575,40 +586,63 @@ impl Session {
 
     /// Whether the repository already has `id` (recording which record covers it).
     fn known(&self, id: &BlobId) -> Result<bool> {
-        if let Some(loc) = self.index.blob(id)?.filter(|l| !self.gc.packs.contains(&l.pack)) {
+        let mut found = self.index.blob(id)?;
+        if found.is_none()
+            && !self
+                .pending
+                .lock()
+                .expect("invariant: lock not poisoned")
+                .contains(id)
+            && self.global.load_shard_of(&self.index, &self.gc, id)?
+        {
+            found = self.index.blob(id)?;
+            if found.is_some() {
+                self.global.hit();
+            }
+        }
+        if let Some(loc) = found.filter(|l| !self.gc.packs.contains(&l.pack)) {
             let cached = self
                 .pack_records
                 .lock()
                 .expect("invariant: lock not poisoned")
                 .get(&loc.pack)
                 .copied();
-            let record = match cached {
-                Some(r) => r,
+            let cover = match cached {
+                Some(c) => c,
                 None => {
-                    let r = self
-                        .index
-                        .pack(&loc.pack)?
-                        .and_then(|p| p.record)
-                        .filter(|r| !self.gc.records.contains(r));
+                    let c = match self.index.pack(&loc.pack)?.and_then(|p| p.record) {
+                        // A condemned record (and the pack it lists, which may since have
+                        // been repacked away) is not deduplicated against.
+                        Some(r) if self.gc.records.contains(&r) => Cover::Avoid,
+                        Some(r) => Cover::Cite(r),
+                        None => Cover::Adopt,
+                    };
                     self.pack_records
                         .lock()
                         .expect("invariant: lock not poisoned")
-                        .insert(loc.pack, r);
-                    r
+                        .insert(loc.pack, c);
+                    c
                 }
             };
-            match record {
-                Some(r) => {
+            match cover {
+                Cover::Cite(r) => {
                     self.records
                         .lock()
                         .expect("invariant: lock not poisoned")
                         .insert(r);
                 }
-                None => {
+                Cover::Adopt => {
                     self.unrecorded
                         .lock()
                         .expect("invariant: lock not poisoned")
                         .insert(loc.pack);
+                }
+                Cover::Avoid => {
+                    return Ok(self
+                        .pending
+                        .lock()
+                        .expect("invariant: lock not poisoned")
+                        .contains(id))
                 }
             }
             return Ok(true);
@@ -650,7 +684,7 @@ impl Session {
             sealed
         };
         match full {
-            Some(b) => self.send(seal(b)),
+            Some(b) => self.send(b.seal()),
             None => Ok(()),
         }
     }
@@ -667,7 +701,7 @@ impl Session {
         if b.is_empty() {
             return Ok(());
         }
-        self.send(seal(b))
+        self.send(b.seal())
     }
 
     fn send(&self, pack: FinishedPack) -> Result<()> {

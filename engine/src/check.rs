@@ -34,6 +34,8 @@ pub struct CheckReport {
     pub blobs: u64,
     /// Packs referenced.
     pub packs: u64,
+    /// Referenced packs that garbage collection repacked (their blobs are in a newer pack).
+    pub moved_packs: u64,
     /// Packs in the store that no snapshot references (a later `gc` removes them).
     pub unreferenced_packs: u64,
     /// Bytes downloaded and verified by `read_data`.
@@ -139,6 +141,39 @@ pub async fn check(repo: &Repo, read_data: bool, progress: Arc<Progress>) -> Res
             stored.insert(o.key, o.size);
         }
     }
+    // A pack garbage collection repacked is gone, and its move names the pack holding its blobs
+    // now: check (and with read_data, verify) that one instead.
+    let mut moved: Vec<PackId> = Vec::new();
+    let mut now_in: BTreeMap<PackId, (PackKind, u64)> = BTreeMap::new();
+    for (id, (kind, _)) in &packs {
+        let mut at = *id;
+        let mut last = None;
+        for _ in 0..4 {
+            if stored.contains_key(&pack_key(*kind, &at)) {
+                break;
+            }
+            match repo.pack_move(&at).await {
+                Ok(Some(m)) => {
+                    last = Some((m.to, m.to_size));
+                    at = m.to;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    report.errors.push(e.to_string());
+                    break;
+                }
+            }
+        }
+        if let Some((to, size)) = last {
+            now_in.insert(to, (*kind, size));
+            moved.push(*id);
+        }
+    }
+    report.moved_packs = moved.len() as u64;
+    for id in &moved {
+        packs.remove(id);
+    }
+    packs.extend(now_in);
     let referenced: HashSet<String> = packs.iter().map(|(id, (kind, _))| pack_key(*kind, id)).collect();
     report.unreferenced_packs = stored.keys().filter(|k| !referenced.contains(*k)).count() as u64;
     for (id, (kind, size)) in &packs {

@@ -26,7 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cairn_formats::{IndexId, PackId, INDEX_PREFIX};
+use cairn_formats::{IndexId, PackId, PackKind, PackMove, COMPACT_PREFIX, INDEX_PREFIX, MOVED_PREFIX};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +61,9 @@ pub struct GcState {
     /// Objects that will be deleted once the protection window has passed since `at`, unless
     /// referenced again.
     pub condemned: Vec<Condemned>,
+    /// The current compacted index set, if one was built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compact: Option<crate::compact::CompactSet>,
 }
 
 impl GcState {
@@ -101,6 +104,11 @@ fn record_id(key: &str) -> Option<IndexId> {
     key.strip_prefix(INDEX_PREFIX)?.rsplit('/').next()?.parse().ok()
 }
 
+/// The pack a move (`index/moved/<hh>/<pack>`) is about.
+fn moved_pack(key: &str) -> Option<PackId> {
+    key.strip_prefix(MOVED_PREFIX)?.rsplit('/').next()?.parse().ok()
+}
+
 /// How to collect.
 #[derive(Clone, Debug)]
 pub struct GcOptions {
@@ -113,6 +121,11 @@ pub struct GcOptions {
     pub holder: String,
     /// A lease older than this (by the store's clock) is taken over.
     pub lease_ttl: Duration,
+    /// Merge small live packs into full-size ones.
+    pub repack: bool,
+    /// Packs smaller than this are repacked (default: a quarter of the repository's pack target
+    /// for their kind).
+    pub repack_below: Option<u64>,
 }
 
 /// What a run did.
@@ -138,6 +151,20 @@ pub struct GcReport {
     pub deleted_packs: u64,
     /// Bytes deleted.
     pub deleted_bytes: u64,
+    /// Pack moves deleted (their old pack is no longer referenced).
+    pub deleted_moves: u64,
+    /// The compacted index set current after this run.
+    pub compact_set: Option<String>,
+    /// Segments this run wrote (0 when the set was already up to date).
+    pub compact_segments: u64,
+    /// Blobs the current set locates.
+    pub compact_blobs: u64,
+    /// Small packs repacked (and deleted) by this run; with `dry_run`, that would be.
+    pub repacked_packs: u64,
+    /// Their bytes.
+    pub repacked_bytes: u64,
+    /// Packs written by the repack.
+    pub repack_written: u64,
     /// Condemned objects still waiting out the window.
     pub waiting: u64,
     /// Unreferenced objects too young to condemn.
@@ -245,6 +272,7 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
     // Mark. Listing the objects first and the references second means an object written after
     // the listing is simply not seen (and young), never mistaken for garbage.
     let records_listed = store.list(INDEX_PREFIX).await?;
+    let moves_listed = store.list(MOVED_PREFIX).await?;
     let packs_listed = store.list(PACKS_PREFIX).await?;
     let manifests = live_manifests(repo).await?;
     let mut live_records: HashSet<IndexId> = HashSet::new();
@@ -256,13 +284,30 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
         .buffer_unordered(READ_CONCURRENCY)
         .try_collect()
         .await?;
-    let mut live_packs: HashSet<PackId> = HashSet::new();
+    // Packs live records list, and the packs that hold the blobs of those since repacked.
+    let mut listed_packs: HashMap<PackId, PackKind> = HashMap::new();
     for (_, r) in &records {
-        live_packs.extend(r.packs.iter().map(|p| p.pack));
+        listed_packs.extend(r.packs.iter().map(|p| (p.pack, p.kind)));
     }
+    let moves: Vec<PackMove> = stream::iter(
+        moves_listed
+            .iter()
+            .filter_map(|o| moved_pack(&o.key))
+            .filter(|p| listed_packs.contains_key(p)),
+    )
+    .map(|p| async move { repo.pack_move(&p).await })
+    .buffer_unordered(READ_CONCURRENCY)
+    .try_collect::<Vec<Option<PackMove>>>()
+    .await?
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut live_packs: HashSet<PackId> = listed_packs.keys().copied().collect();
+    live_packs.extend(moves.iter().map(|m| m.to));
     let referenced = |key: &str| {
         pack_id(key).is_some_and(|p| live_packs.contains(&p))
             || record_id(key).is_some_and(|r| live_records.contains(&r))
+            || moved_pack(key).is_some_and(|p| listed_packs.contains_key(&p))
     };
     let mut report = GcReport {
         snapshots: manifests.len() as u64,
@@ -274,6 +319,7 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
     // Sweep what earlier runs condemned.
     let listed: HashMap<&str, &crate::store::ObjectMeta> = records_listed
         .iter()
+        .chain(moves_listed.iter())
         .chain(packs_listed.iter())
         .map(|o| (o.key.as_str(), o))
         .collect();
@@ -294,11 +340,15 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
     }
     // Condemn what is unreferenced and older than the window.
     let already: HashSet<&str> = state.condemned.iter().map(|c| c.key.as_str()).collect();
-    for o in records_listed.iter().chain(packs_listed.iter()) {
+    for o in records_listed
+        .iter()
+        .chain(moves_listed.iter())
+        .chain(packs_listed.iter())
+    {
         if referenced(&o.key) || already.contains(o.key.as_str()) {
             continue;
         }
-        if pack_id(&o.key).is_none() && record_id(&o.key).is_none() {
+        if pack_id(&o.key).is_none() && record_id(&o.key).is_none() && moved_pack(&o.key).is_none() {
             continue; // not ours (a stray temp name): leave it
         }
         match o.modified {
@@ -315,12 +365,57 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
         }
     }
     report.generation = state.generation + u64::from(!doomed.is_empty());
+    // Small live packs, for the repack; those with a move already (an interrupted run) are only
+    // deleted.
+    let targets = repo.config().packs;
+    let small = [
+        opts.repack_below.unwrap_or(u64::from(targets.data) / 4),
+        opts.repack_below.unwrap_or(u64::from(targets.meta) / 4),
+    ];
+    let has_move: HashSet<PackId> = moves.iter().map(|m| m.from).collect();
+    let candidates: Vec<crate::repack::Candidate> = if opts.repack {
+        packs_listed
+            .iter()
+            .filter_map(|o| {
+                let pack = pack_id(&o.key)?;
+                let kind = *listed_packs.get(&pack)?;
+                let limit = small[usize::from(kind == PackKind::Meta)];
+                (o.size < limit || has_move.contains(&pack)).then_some(crate::repack::Candidate {
+                    pack,
+                    kind,
+                    size: o.size,
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // The compacted index: rebuilt when the live records or the generation changed.
+    let digest = crate::compact::records_digest(&live_records.iter().copied().collect::<Vec<_>>());
+    let current = state
+        .compact
+        .clone()
+        .filter(|c| c.generation == report.generation && c.records == digest);
     if opts.dry_run {
         for c in &doomed {
             count_deleted(&mut report, c);
         }
+        let (n, bytes) = crate::repack::would_repack(repo, &candidates, &has_move, small);
+        report.repacked_packs = n;
+        report.repacked_bytes = bytes;
+        report.compact_set = current.map(|c| c.name);
         return Ok(report);
     }
+    let compact = match current {
+        Some(c) => c,
+        None => {
+            let c = crate::compact::write_set(repo, report.generation, &records).await?;
+            report.compact_segments = 1 << c.shard_bits;
+            c
+        }
+    };
+    report.compact_blobs = compact.blobs;
+    report.compact_set = Some(compact.name.clone());
 
     // The lease must still be ours before anything is written.
     if store
@@ -335,10 +430,12 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
     }
     // The new state first: from here on, backups see the new generation and drop what they knew
     // of the doomed objects (a crash before the deletes leaves garbage a later run condemns again).
+    let previous_set = state.compact.as_ref().map(|c| c.name.clone());
     let new_state = GcState {
         version: 1,
         generation: report.generation,
         condemned: still,
+        compact: Some(compact.clone()),
     };
     let body = Bytes::from(serde_json::to_vec(&new_state).map_err(|e| Error::Invalid(e.to_string()))?);
     let mode = state_version.map_or(PutMode::Create, PutMode::Update);
@@ -351,10 +448,10 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
         }
         Err(e) => return Err(e),
     }
-    // Index records before packs: a record never names a pack that is gone.
-    doomed.sort_by_key(|c| pack_id(&c.key).is_some());
-    let (recs, packs): (Vec<_>, Vec<_>) = doomed.into_iter().partition(|c| record_id(&c.key).is_some());
-    for batch in [recs, packs] {
+    // Index records before moves before packs: nothing ever names an object that is gone.
+    let (recs, rest): (Vec<_>, Vec<_>) = doomed.into_iter().partition(|c| record_id(&c.key).is_some());
+    let (moved, packs): (Vec<_>, Vec<_>) = rest.into_iter().partition(|c| moved_pack(&c.key).is_some());
+    for batch in [recs, moved, packs] {
         stream::iter(batch.iter())
             .map(|c| store.delete(&c.key))
             .buffer_unordered(READ_CONCURRENCY)
@@ -364,6 +461,28 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
             count_deleted(&mut report, c);
         }
     }
+    // Compacted sets other than the current and the previous one (a backup that read the
+    // previous state may still fetch from it; one that finds a segment gone just dedups less).
+    let stale: Vec<String> = store
+        .list(COMPACT_PREFIX)
+        .await?
+        .into_iter()
+        .filter(|o| {
+            let set = o.key[COMPACT_PREFIX.len()..].split('/').next().unwrap_or("");
+            set != compact.name && Some(set) != previous_set.as_deref()
+        })
+        .map(|o| o.key)
+        .collect();
+    stream::iter(stale.iter())
+        .map(|k| store.delete(k))
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    // Small packs: new pack and moves first, old packs last.
+    let r = crate::repack::repack(repo, candidates, &has_move, small).await?;
+    report.repacked_packs = r.packs;
+    report.repacked_bytes = r.bytes;
+    report.repack_written = r.written;
     Ok(report)
 }
 
@@ -388,6 +507,8 @@ async fn live_manifests(repo: &Repo) -> Result<Vec<cairn_formats::Manifest>> {
 fn count_deleted(report: &mut GcReport, c: &Condemned) {
     if record_id(&c.key).is_some() {
         report.deleted_records += 1;
+    } else if moved_pack(&c.key).is_some() {
+        report.deleted_moves += 1;
     } else {
         report.deleted_packs += 1;
     }
@@ -403,6 +524,8 @@ pub struct GcView {
     pub packs: HashSet<PackId>,
     /// Records it must not cite.
     pub records: HashSet<IndexId>,
+    /// The compacted index set, if any.
+    pub compact: Option<crate::compact::CompactSet>,
 }
 
 impl GcView {
@@ -416,6 +539,7 @@ impl GcView {
             generation: s.generation,
             packs: s.condemned_packs(),
             records: s.condemned_records(),
+            compact: s.compact,
         })
     }
 }

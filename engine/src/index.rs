@@ -19,6 +19,8 @@ const CF_BLOBS: &str = "blobs";
 const CF_PACKS: &str = "packs";
 const CF_RECORDS: &str = "records";
 const CF_STAT: &str = "stat";
+/// Compacted index segments loaded: `<set>\0<shard u32 BE>` -> empty.
+const CF_SHARDS: &str = "shards";
 /// In the default column family: the GC generation the locations belong to.
 const GC_GENERATION_KEY: &[u8] = b"gc-generation";
 
@@ -106,12 +108,13 @@ impl LocalIndex {
         opts.set_db_write_buffer_size(8 << 20);
         opts.set_keep_log_file_num(2);
         opts.increase_parallelism(2);
-        let db = DB::open_cf(&opts, path, [CF_BLOBS, CF_PACKS, CF_RECORDS, CF_STAT]).map_err(|e| {
-            Error::Index {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            }
-        })?;
+        let db =
+            DB::open_cf(&opts, path, [CF_BLOBS, CF_PACKS, CF_RECORDS, CF_STAT, CF_SHARDS]).map_err(|e| {
+                Error::Index {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                }
+            })?;
         Ok(LocalIndex {
             db,
             path: path.to_path_buf(),
@@ -208,6 +211,79 @@ impl LocalIndex {
         self.db.write(batch).map_err(|e| self.err(e))
     }
 
+    fn shard_key(set: &str, shard: u32) -> Vec<u8> {
+        let mut k = Vec::with_capacity(set.len() + 5);
+        k.extend_from_slice(set.as_bytes());
+        k.push(0);
+        k.extend_from_slice(&shard.to_be_bytes());
+        k
+    }
+
+    /// Whether the segment `shard` of the compacted set `set` was loaded.
+    ///
+    /// # Errors
+    /// [`Error::Index`] on a database failure.
+    pub fn has_shard(&self, set: &str, shard: u32) -> Result<bool> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_SHARDS), Self::shard_key(set, shard))
+            .map_err(|e| self.err(e))?
+            .is_some())
+    }
+
+    /// Loads a compacted index segment of `set`: blobs not yet known become known, located in
+    /// their pack and covered by the segment's record, except those in `skip_packs` or covered by
+    /// `skip_records` (what garbage collection condemned).
+    ///
+    /// # Errors
+    /// [`Error::Index`] on a database failure.
+    pub fn add_segment(
+        &self,
+        set: &str,
+        seg: &cairn_formats::IndexSegment,
+        skip_packs: &std::collections::HashSet<PackId>,
+        skip_records: &std::collections::HashSet<IndexId>,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let usable: Vec<bool> = seg
+            .packs
+            .iter()
+            .map(|p| {
+                !skip_packs.contains(&p.pack)
+                    && seg
+                        .records
+                        .get(p.record as usize)
+                        .is_some_and(|r| !skip_records.contains(r))
+            })
+            .collect();
+        for (i, p) in seg.packs.iter().enumerate() {
+            if usable[i] && self.pack(&p.pack)?.is_none() {
+                let info = PackInfo {
+                    kind: p.kind,
+                    size: p.size,
+                    record: seg.records.get(p.record as usize).copied(),
+                };
+                batch.put_cf(self.cf(CF_PACKS), p.pack.as_bytes(), enc(&info));
+            }
+        }
+        for b in &seg.blobs {
+            let Some(p) = seg.packs.get(b.pack as usize).filter(|_| usable[b.pack as usize]) else {
+                continue;
+            };
+            if self.blob(&b.entry.id)?.is_some() {
+                continue;
+            }
+            let loc = BlobLocation {
+                pack: p.pack,
+                kind: p.kind,
+                entry: b.entry,
+            };
+            batch.put_cf(self.cf(CF_BLOBS), b.entry.id.as_bytes(), enc(&loc));
+        }
+        batch.put_cf(self.cf(CF_SHARDS), Self::shard_key(set, seg.shard), []);
+        self.db.write(batch).map_err(|e| self.err(e))
+    }
+
     fn stat_key(workspace: &str, path: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(workspace.len() + 1 + path.len());
         k.extend_from_slice(workspace.as_bytes());
@@ -269,7 +345,7 @@ impl LocalIndex {
     /// # Errors
     /// [`Error::Index`] on a database failure.
     pub fn reset_locations(&self, generation: u64) -> Result<()> {
-        for cf in [CF_BLOBS, CF_PACKS, CF_RECORDS] {
+        for cf in [CF_BLOBS, CF_PACKS, CF_RECORDS, CF_SHARDS] {
             self.db
                 .delete_range_cf(self.cf(cf), [0u8; 0].as_slice(), [0xffu8; 40].as_slice())
                 .map_err(|e| self.err(e))?;

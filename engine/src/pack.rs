@@ -1,9 +1,9 @@
 //! Building packs: blobs appended back to back, then the self-describing trailer.
 
 use bytes::Bytes;
-use cairn_formats::{PackEntry, PackId, PackKind, PackTrailer, PACK_MAGIC};
+use cairn_formats::{BlobId, PackEntry, PackId, PackKind, PackTrailer, PACK_HEADER_LEN, PACK_MAGIC};
 
-use crate::compress::EncodedBlob;
+use crate::compress::{encode_blob, EncodedBlob};
 
 /// A pack being filled.
 #[derive(Debug)]
@@ -61,6 +61,30 @@ impl PackBuilder {
         self.entries.is_empty()
     }
 
+    /// Appends the blob region of another pack (`PACK_HEADER_LEN..` up to its trailer) byte for
+    /// byte, with its trailer's entries; returns where the region starts in this pack.
+    pub fn append_region(&mut self, region: &[u8], entries: &[PackEntry]) -> u64 {
+        let at = self.buf.len() as u64;
+        for e in entries {
+            let mut e = *e;
+            e.offset = e.offset - PACK_HEADER_LEN + at;
+            self.entries.push(e);
+        }
+        self.buf.extend_from_slice(region);
+        at
+    }
+
+    /// Adds a random 16-byte blob and finishes, so that no two packs are ever the same bytes (a
+    /// pack's name is the hash of its bytes). A backup must never "re-create" a pack that garbage
+    /// collection condemned (create-only puts would report it as already there, and the sweep
+    /// would then delete what this backup relies on); a unique pack cannot collide with one.
+    /// Restores never read the blob; `check --read-data` verifies it like any other.
+    pub fn seal(mut self) -> FinishedPack {
+        let nonce: [u8; 16] = rand::random();
+        self.add(&encode_blob(BlobId::of(&nonce), &nonce, 0));
+        self.finish()
+    }
+
     /// Writes the trailer and computes the pack id.
     pub fn finish(self) -> FinishedPack {
         let mut buf = self.buf;
@@ -81,8 +105,7 @@ impl PackBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compress::{decode_blob, encode_blob};
-    use cairn_formats::BlobId;
+    use crate::compress::decode_blob;
 
     #[test]
     fn finished_pack_describes_itself() {

@@ -46,6 +46,8 @@ pub struct SnapshotInfo {
 pub struct Repo {
     store: Arc<dyn Store>,
     config: RepoConfig,
+    /// Pack moves read so far (see `repack.rs`).
+    moves: Arc<std::sync::Mutex<HashMap<cairn_formats::PackId, cairn_formats::PackMove>>>,
 }
 
 impl Repo {
@@ -74,7 +76,7 @@ impl Repo {
         RepoConfig::decode(&bytes).map_err(|e| Error::Invalid(e.to_string()))?;
         crate::store::check_conditional_writes(store.as_ref()).await?;
         match store.put(CONFIG_KEY, Bytes::from(bytes), PutMode::Create).await {
-            Ok(_) => Ok(Repo { store, config }),
+            Ok(_) => Ok(Repo::with(store, config)),
             Err(Error::AlreadyExists { .. }) => Err(Error::Invalid(format!(
                 "{}: a repository already exists here; nothing was changed",
                 store.location()
@@ -98,7 +100,7 @@ impl Repo {
             Err(e) => return Err(e),
         };
         let config = RepoConfig::decode(&got.data).map_err(|e| Error::format(CONFIG_KEY, e))?;
-        Ok(Repo { store, config })
+        Ok(Repo::with(store, config))
     }
 
     /// Opens the repository at `url`, retrying failures that can pass (a new pod's credentials
@@ -130,6 +132,18 @@ impl Repo {
                 }
             }
         }
+    }
+
+    fn with(store: Arc<dyn Store>, config: RepoConfig) -> Repo {
+        Repo {
+            store,
+            config,
+            moves: Arc::default(),
+        }
+    }
+
+    pub(crate) fn moves(&self) -> &std::sync::Mutex<HashMap<cairn_formats::PackId, cairn_formats::PackMove>> {
+        &self.moves
     }
 
     /// The store.

@@ -294,7 +294,7 @@ pub async fn restore_with_trees(
             let (repo, plan, progress) = (repo.clone(), plan.clone(), progress.clone());
             async move {
                 let key = pack_key(kind, &pack);
-                let data = repo.store().get_range(&key, run.range.clone()).await?;
+                let data = repo.read_pack(kind, &pack, Some(run.range.clone())).await?;
                 Progress::add(&progress.transferred, data.len() as u64);
                 let fetched = data.len() as u64;
                 // Decode and write on the rayon pool: as many threads as cores, so buffers are

@@ -53,8 +53,8 @@ impl SnapshotTrees {
         }
         let fetched: Vec<(PackId, Bytes)> = stream::iter(missing)
             .map(|pack| async move {
-                let got = repo.store().get(&pack_key(PackKind::Meta, &pack)).await?;
-                Ok::<_, Error>((pack, got.data))
+                let got = repo.read_pack(PackKind::Meta, &pack, None).await?;
+                Ok::<_, Error>((pack, got))
             })
             .buffer_unordered(READ_CONCURRENCY)
             .try_collect()

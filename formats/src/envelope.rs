@@ -27,6 +27,8 @@ pub(crate) enum Kind {
     Manifest = 3,
     Head = 4,
     Index = 5,
+    Segment = 6,
+    Move = 7,
 }
 
 impl Kind {
@@ -37,6 +39,8 @@ impl Kind {
             Kind::Manifest => "snapshot manifest",
             Kind::Head => "workspace head",
             Kind::Index => "index record",
+            Kind::Segment => "index segment",
+            Kind::Move => "pack move",
         }
     }
 }

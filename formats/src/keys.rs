@@ -18,6 +18,23 @@ pub fn index_key(id: &IndexId) -> String {
 /// Prefix of every index record.
 pub const INDEX_PREFIX: &str = "index/records/";
 
+/// `index/compact/<set>/<shard>`: one segment of a compacted index set (`<shard>` is 4 lower-case
+/// hex digits).
+pub fn segment_key(set: &str, shard: u32) -> String {
+    format!("{COMPACT_PREFIX}{set}/{shard:04x}")
+}
+
+/// Prefix of every compacted index segment.
+pub const COMPACT_PREFIX: &str = "index/compact/";
+
+/// `index/moved/<hh>/<pack-id>`: where the blobs of a repacked pack are now.
+pub fn move_key(pack: &PackId) -> String {
+    format!("{MOVED_PREFIX}{}/{}", pack.fanout(), pack.to_hex())
+}
+
+/// Prefix of every pack move.
+pub const MOVED_PREFIX: &str = "index/moved/";
+
 /// `snapshots/<workspace>/<snapshot-id>`.
 pub fn snapshot_key(workspace: &str, id: &SnapshotId) -> String {
     format!("snapshots/{workspace}/{}", id.to_hex())

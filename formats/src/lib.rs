@@ -22,6 +22,7 @@ mod id;
 mod index;
 mod keys;
 mod pack;
+mod segment;
 mod snapshot;
 mod time;
 mod tree;
@@ -32,10 +33,11 @@ pub use error::FormatError;
 pub use id::{BlobId, IndexId, PackId, RepoId, SnapshotId};
 pub use index::{IndexPack, IndexRecord};
 pub use keys::{
-    head_key, index_key, pack_key, pack_prefix, snapshot_key, snapshot_prefix, CONFIG_KEY, HEADS_PREFIX,
-    INDEX_PREFIX,
+    head_key, index_key, move_key, pack_key, pack_prefix, segment_key, snapshot_key, snapshot_prefix,
+    COMPACT_PREFIX, CONFIG_KEY, HEADS_PREFIX, INDEX_PREFIX, MOVED_PREFIX,
 };
 pub use pack::{Codec, PackEntry, PackKind, PackTrailer, PACK_FOOTER_LEN, PACK_HEADER_LEN, PACK_MAGIC};
+pub use segment::{shard_of, IndexSegment, PackMove, SegmentBlob, SegmentPack, MAX_SHARD_BITS};
 pub use snapshot::{validate_workspace, Head, Manifest, SnapshotStats};
 pub use time::Timestamp;
 pub use tree::{validate_name, Entry, Extent, Meta, Node, Tree, Xattr, MAX_NAME_LEN};

@@ -185,6 +185,44 @@ fn sample_pack() -> Vec<u8> {
     p
 }
 
+fn sample_segment() -> IndexSegment {
+    // Two ids in shard 0 of 1 bit (leading bit clear), sorted.
+    let mut a = id32(1);
+    a[0] = 0x10;
+    let mut b = id32(2);
+    b[0] = 0x20;
+    let mut ea = sample_entry(0, 8);
+    ea.id = BlobId(a);
+    let mut eb = sample_entry(0, 108);
+    eb.id = BlobId(b);
+    IndexSegment {
+        shard_bits: 1,
+        shard: 0,
+        records: vec![IndexId(id32(50))],
+        packs: vec![SegmentPack {
+            pack: PackId(id32(51)),
+            kind: PackKind::Data,
+            size: 4096,
+            record: 0,
+        }],
+        blobs: vec![
+            SegmentBlob { pack: 0, entry: ea },
+            SegmentBlob { pack: 0, entry: eb },
+        ],
+    }
+}
+
+fn sample_move() -> PackMove {
+    PackMove {
+        from: PackId(id32(60)),
+        kind: PackKind::Data,
+        len: 200,
+        to: PackId(id32(61)),
+        to_size: 9000,
+        at: 1000,
+    }
+}
+
 fn golden(name: &str, bytes: &[u8]) {
     // `cargo test` sets the variable at run time too; prefer it, so a test binary built in a
     // shared target directory from another checkout reads this checkout's files.
@@ -238,6 +276,62 @@ fn golden_v1_index() {
     let b = sample_index().encode();
     golden("index.bin", &b);
     assert_eq!(IndexRecord::decode(&b).expect("decodes"), sample_index());
+}
+
+#[test]
+fn golden_v1_segment() {
+    let b = sample_segment().encode();
+    golden("segment.bin", &b);
+    assert_eq!(IndexSegment::decode(&b).expect("decodes"), sample_segment());
+}
+
+#[test]
+fn golden_v1_move() {
+    let b = sample_move().encode();
+    golden("move.bin", &b);
+    assert_eq!(PackMove::decode(&b).expect("decodes"), sample_move());
+}
+
+#[test]
+fn segments_refuse_what_would_misdirect_a_backup() {
+    let good = sample_segment();
+    let mut unsorted = good.clone();
+    unsorted.blobs.swap(0, 1);
+    let mut wrong_shard = good.clone();
+    wrong_shard.shard = 1;
+    let mut bad_slot = good.clone();
+    bad_slot.blobs[0].pack = 7;
+    let mut bad_record = good.clone();
+    bad_record.packs[0].record = 3;
+    let mut beyond = good.clone();
+    beyond.packs[0].size = 100;
+    for (what, s) in [
+        ("unsorted", unsorted),
+        ("wrong shard", wrong_shard),
+        ("pack slot", bad_slot),
+        ("record slot", bad_record),
+        ("beyond the pack", beyond),
+    ] {
+        assert!(IndexSegment::decode(&s.encode()).is_err(), "{what}");
+    }
+    assert_eq!(shard_of(&BlobId([0xff; 32]), 16), 0xffff);
+    assert_eq!(shard_of(&BlobId([0x80; 32]), 1), 1);
+    assert_eq!(shard_of(&BlobId([0x80; 32]), 0), 0);
+}
+
+#[test]
+fn moves_map_ranges_inside_the_region_only() {
+    let m = sample_move();
+    assert_eq!(m.map(&(8..108)), Some(1000..1100));
+    assert_eq!(m.map(&(108..208)), Some(1100..1200));
+    assert_eq!(m.map(&(0..10)), None, "the old header is not in the region");
+    assert_eq!(m.map(&(100..209)), None, "past the region");
+    let mut outside = m.clone();
+    outside.to_size = 1100;
+    assert!(PackMove::decode(&outside.encode()).is_err());
+    let mut onto_itself = m;
+    onto_itself.to = onto_itself.from;
+    assert!(PackMove::decode(&onto_itself.encode()).is_err());
 }
 
 #[test]
@@ -416,14 +510,17 @@ proptest! {
         let _ = Manifest::decode(&bytes);
         let _ = Head::decode(&bytes);
         let _ = IndexRecord::decode(&bytes);
+        let _ = IndexSegment::decode(&bytes);
+        let _ = PackMove::decode(&bytes);
         let _ = PackTrailer::decode_pack(&bytes);
         let _ = PackTrailer::decode_tail(&bytes, bytes.len() as u64);
     }
 
     #[test]
-    fn decoders_never_panic_on_mutations(which in 0usize..6, pos in any::<prop::sample::Index>(), val in any::<u8>(), cut in any::<prop::sample::Index>()) {
+    fn decoders_never_panic_on_mutations(which in 0usize..8, pos in any::<prop::sample::Index>(), val in any::<u8>(), cut in any::<prop::sample::Index>()) {
         let good = [sample_config().encode(), sample_tree().encode(), sample_manifest().encode(),
-            Head { snapshot: SnapshotId(id32(1)), time: Timestamp::default() }.encode(), sample_index().encode(), sample_pack()];
+            Head { snapshot: SnapshotId(id32(1)), time: Timestamp::default() }.encode(), sample_index().encode(), sample_pack(),
+            sample_segment().encode(), sample_move().encode()];
         let mut b = good[which].clone();
         let i = pos.index(b.len());
         b[i] = val;
@@ -433,6 +530,8 @@ proptest! {
         let _ = Manifest::decode(b);
         let _ = Head::decode(b);
         let _ = IndexRecord::decode(b);
+        let _ = IndexSegment::decode(b);
+        let _ = PackMove::decode(b);
         let _ = PackTrailer::decode_pack(b);
     }
 }

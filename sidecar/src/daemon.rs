@@ -226,6 +226,7 @@ impl Daemon {
         }
         let opts = BackupOptions {
             max_session: cairn_engine::max_session_from_env(),
+            dedup_fetches: cairn_engine::dedup_fetches_from_env(),
             workspace: self.args.workspace.clone(),
             source: self.args.source.clone(),
             cache_dir: self.args.cache_dir.clone().unwrap_or_else(default_cache_dir),

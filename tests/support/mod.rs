@@ -89,6 +89,7 @@ impl TestRepo {
     pub async fn try_backup(&self, ws: &str, source: &Path) -> cairn_engine::Result<BackupReport> {
         let opts = BackupOptions {
             max_session: cairn_engine::max_session_from_env(),
+            dedup_fetches: cairn_engine::dedup_fetches_from_env(),
             workspace: ws.into(),
             source: source.to_path_buf(),
             cache_dir: self.cache_dir(),

@@ -21,6 +21,10 @@ pub struct BackupArgs {
     /// Host name to record (default: this machine's).
     #[arg(long, env = "CAIRN_HOST")]
     host: Option<String>,
+    /// Compacted index segments to fetch at most for deduplication against other workspaces
+    /// (0: off) [env: CAIRN_DEDUP_FETCHES, default 64].
+    #[arg(long)]
+    dedup_fetches: Option<usize>,
     /// The directory to back up.
     #[arg(env = "CAIRN_SOURCE")]
     path: PathBuf,
@@ -31,6 +35,9 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<u8> {
     let source = std::path::absolute(&a.path).with_context(|| format!("{}", a.path.display()))?;
     let opts = BackupOptions {
         max_session: cairn_engine::max_session_from_env(),
+        dedup_fetches: a
+            .dedup_fetches
+            .unwrap_or_else(cairn_engine::dedup_fetches_from_env),
         workspace: a.workspace.clone(),
         source,
         cache_dir: super::cache_dir(g),
@@ -53,6 +60,7 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<u8> {
             "files_read": s.files_read, "bytes_read": s.bytes_read,
             "new_blobs": s.new_blobs, "new_bytes": s.new_bytes, "uploaded_bytes": s.uploaded_bytes,
             "skipped": s.skipped, "warnings": r.warnings, "is_head": r.is_head,
+            "segments_fetched": r.global.segments_fetched, "useful_fetches": r.global.useful_fetches,
             "seconds": r.elapsed.as_secs_f64(), "requests": cairn_engine::request_counts(),
         }));
     } else {

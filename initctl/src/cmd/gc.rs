@@ -20,6 +20,13 @@ pub struct GcArgs {
     /// A lease left by a GC that died is taken over after this long.
     #[arg(long, env = "CAIRN_GC_LEASE_TTL", default_value = "1h", value_parser = cairn_engine::parse_duration_arg)]
     lease_ttl: Duration,
+    /// Do not merge small packs.
+    #[arg(long)]
+    no_repack: bool,
+    /// Live packs smaller than this many bytes (K, M, G suffixes: powers of 1024) are merged
+    /// into full-size ones (default: a quarter of the repository's pack target).
+    #[arg(long, value_parser = parse_size)]
+    repack_below: Option<u64>,
     /// Report what would be condemned and deleted; change nothing.
     #[arg(long, short = 'n')]
     dry_run: bool,
@@ -32,6 +39,8 @@ pub async fn run(g: &Global, a: GcArgs) -> Result<u8> {
         dry_run: a.dry_run,
         holder: format!("{}:{}", super::hostname(), std::process::id()),
         lease_ttl: a.lease_ttl,
+        repack: !a.no_repack,
+        repack_below: a.repack_below,
     };
     let r = gc(&repo, &opts).await.context("gc")?;
     if g.json {
@@ -41,7 +50,7 @@ pub async fn run(g: &Global, a: GcArgs) -> Result<u8> {
         eprintln!(
             "marked {} snapshots: {} index records, {} packs live; condemned {} objects ({}); \
              {verb} {} records and {} packs ({}); {} resurrected, {} waiting, {} too young; \
-             generation {} in {:.2}s",
+             repacked {} small packs ({}) into {}; index: {} blobs in set {}; generation {} in {:.2}s",
             r.snapshots,
             r.live_records,
             r.live_packs,
@@ -53,9 +62,47 @@ pub async fn run(g: &Global, a: GcArgs) -> Result<u8> {
             r.resurrected,
             r.waiting,
             r.young,
+            r.repacked_packs,
+            output::bytes(r.repacked_bytes),
+            r.repack_written,
+            r.compact_blobs,
+            r.compact_set.as_deref().unwrap_or("-"),
             r.generation,
             r.elapsed.as_secs_f64()
         );
     }
     Ok(exit::OK)
+}
+
+/// A byte count: digits, optionally followed by K, M or G (powers of 1024; `KiB`/`MiB`/`GiB` too).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a byte count like 512K or 2M"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use K, M or G")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?}: too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("2M"), Ok(2 << 20));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert!(parse_size("2X").is_err());
+        assert!(parse_size("M").is_err());
+    }
 }

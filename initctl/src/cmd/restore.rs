@@ -312,6 +312,7 @@ async fn reconcile_marked(
         }
         let opts = BackupOptions {
             max_session: cairn_engine::max_session_from_env(),
+            dedup_fetches: cairn_engine::dedup_fetches_from_env(),
             workspace: a.workspace.clone(),
             source: std::path::absolute(&a.target).with_context(|| a.target.display().to_string())?,
             cache_dir: super::cache_dir(g),

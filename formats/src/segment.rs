@@ -1,0 +1,171 @@
+//! Compacted index segments and pack moves: what garbage collection writes so that backups can
+//! deduplicate against every workspace's data, and readers can find blobs whose pack was repacked.
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{self, Kind};
+use crate::{BlobId, FormatError, IndexId, PackEntry, PackId, PackKind, PACK_HEADER_LEN};
+
+/// The most shard bits a segment set uses (65,536 segments).
+pub const MAX_SHARD_BITS: u8 = 16;
+
+/// The shard of `id` among `2^bits`: the id's leading `bits` bits.
+pub fn shard_of(id: &BlobId, bits: u8) -> u32 {
+    if bits == 0 {
+        return 0;
+    }
+    let b = id.as_bytes();
+    let lead = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    lead >> (32 - u32::from(bits.min(MAX_SHARD_BITS)))
+}
+
+/// A pack a segment locates blobs in, and the index record that lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentPack {
+    /// The pack.
+    pub pack: PackId,
+    /// Data or metadata.
+    pub kind: PackKind,
+    /// Total pack length in bytes.
+    pub size: u64,
+    /// Slot in [`IndexSegment::records`] of a live record that lists the pack.
+    pub record: u32,
+}
+
+/// One blob of a segment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentBlob {
+    /// Slot in [`IndexSegment::packs`].
+    pub pack: u32,
+    /// Where in that pack.
+    pub entry: PackEntry,
+}
+
+/// One shard of a compacted index: every blob whose id falls in the shard that the live index
+/// records of one garbage-collection run locate, sorted by id, each with the record to cite.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexSegment {
+    /// How many leading id bits select the shard.
+    pub shard_bits: u8,
+    /// This shard.
+    pub shard: u32,
+    /// The records cited.
+    pub records: Vec<IndexId>,
+    /// The packs.
+    pub packs: Vec<SegmentPack>,
+    /// The blobs, strictly increasing by id.
+    pub blobs: Vec<SegmentBlob>,
+}
+
+impl IndexSegment {
+    /// Encodes with the object header.
+    pub fn encode(&self) -> Vec<u8> {
+        envelope::encode(Kind::Segment, self)
+    }
+
+    /// Decodes and validates: slots in range, blobs sorted, in this shard and inside their pack.
+    ///
+    /// # Errors
+    /// Any [`FormatError`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        const WHAT: &str = "index segment";
+        let s: IndexSegment = envelope::decode(Kind::Segment, bytes)?;
+        if s.shard_bits > MAX_SHARD_BITS || u64::from(s.shard) >= 1u64 << s.shard_bits {
+            return Err(FormatError::malformed(
+                WHAT,
+                format!("shard {} of {} bits", s.shard, s.shard_bits),
+            ));
+        }
+        for p in &s.packs {
+            if p.record as usize >= s.records.len() {
+                return Err(FormatError::malformed(
+                    WHAT,
+                    "pack names a record slot out of range",
+                ));
+            }
+        }
+        let mut prev: Option<&BlobId> = None;
+        for b in &s.blobs {
+            let Some(p) = s.packs.get(b.pack as usize) else {
+                return Err(FormatError::malformed(
+                    WHAT,
+                    "blob names a pack slot out of range",
+                ));
+            };
+            if b.entry.offset.saturating_add(u64::from(b.entry.stored_len)) > p.size {
+                return Err(FormatError::malformed(
+                    WHAT,
+                    format!("blob {} lies beyond the end of its pack", b.entry.id.short()),
+                ));
+            }
+            if shard_of(&b.entry.id, s.shard_bits) != s.shard {
+                return Err(FormatError::malformed(
+                    WHAT,
+                    format!("blob {} is not in shard {}", b.entry.id.short(), s.shard),
+                ));
+            }
+            if prev.is_some_and(|p| p >= &b.entry.id) {
+                return Err(FormatError::malformed(
+                    WHAT,
+                    "blobs not strictly increasing by id",
+                ));
+            }
+            prev = Some(&b.entry.id);
+        }
+        Ok(s)
+    }
+}
+
+/// Where the blobs of a repacked pack are now: its whole blob region (`PACK_HEADER_LEN..` up to
+/// its trailer) was copied, byte for byte and in order, into `to` at offset `at`. A blob at
+/// offset `o` of `from` is therefore at `o - PACK_HEADER_LEN + at` of `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackMove {
+    /// The pack that was repacked (and then deleted).
+    pub from: PackId,
+    /// Its kind (the new pack has the same).
+    pub kind: PackKind,
+    /// Its blob region's length.
+    pub len: u64,
+    /// The pack holding the blobs now.
+    pub to: PackId,
+    /// That pack's length.
+    pub to_size: u64,
+    /// Where the blob region starts in it.
+    pub at: u64,
+}
+
+impl PackMove {
+    /// Encodes with the object header.
+    pub fn encode(&self) -> Vec<u8> {
+        envelope::encode(Kind::Move, self)
+    }
+
+    /// Decodes and validates (the region lies inside the new pack).
+    ///
+    /// # Errors
+    /// Any [`FormatError`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let m: PackMove = envelope::decode(Kind::Move, bytes)?;
+        if m.at < PACK_HEADER_LEN || m.at.saturating_add(m.len) > m.to_size || m.from == m.to {
+            return Err(FormatError::malformed(
+                "pack move",
+                format!(
+                    "region {}+{} does not fit the new pack of {} bytes",
+                    m.at, m.len, m.to_size
+                ),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// The range in the new pack of `range` in the old one, if the old range lies in the region.
+    pub fn map(&self, range: &std::ops::Range<u64>) -> Option<std::ops::Range<u64>> {
+        if range.start < PACK_HEADER_LEN || range.end > PACK_HEADER_LEN + self.len || range.start > range.end
+        {
+            return None;
+        }
+        let shift = self.at - PACK_HEADER_LEN;
+        Some(range.start + shift..range.end + shift)
+    }
+}
