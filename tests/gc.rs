@@ -24,6 +24,7 @@ fn opts(protect: Duration) -> GcOptions {
         lease_ttl: Duration::from_secs(60),
         repack: true,
         repack_below: None,
+        max_unused: 0.5,
     }
 }
 
@@ -590,4 +591,110 @@ async fn a_repacked_pack_without_its_move_fails_restore_and_check_by_name() {
         "{:?}",
         c.errors
     );
+}
+
+#[tokio::test]
+async fn mostly_empty_packs_are_rewritten_a_window_later_keeping_what_late_backups_use() {
+    let t = TestRepo::new().await;
+    let protect = Duration::from_secs(3);
+    let src = t.scratch("src");
+    // One session stores a.bin (100 KiB), e.bin (100 KiB) and b.bin (40 KiB) in one pack; the
+    // next drops a.bin and e.bin. Once the first snapshot is forgotten, the pack is live (b.bin)
+    // but mostly dead.
+    write(&src.join("a.bin"), &random_bytes(11, 100 << 10));
+    write(&src.join("e.bin"), &random_bytes(15, 100 << 10));
+    write(&src.join("b.bin"), &random_bytes(12, 40 << 10));
+    t.backup("w", &src).await;
+    std::fs::remove_file(src.join("a.bin")).expect("rm");
+    std::fs::remove_file(src.join("e.bin")).expect("rm");
+    write(&src.join("c.bin"), &random_bytes(13, 100 << 10));
+    let s2 = t.backup("w", &src).await;
+    forget(&t.repo, "w", &keep_last(1), false).await.expect("forget");
+    let data_bytes = |t: &TestRepo| -> u64 {
+        t.objects("packs/data")
+            .iter()
+            .map(|p| std::fs::metadata(p).expect("stat").len())
+            .sum()
+    };
+
+    // A slow backup of another workspace holding a.bin: it reads the GC state before the pack is
+    // scheduled, so it may deduplicate a.bin against it, and commits after.
+    let late_src = t.scratch("late");
+    write(&late_src.join("a.bin"), &random_bytes(11, 100 << 10));
+    let slow_store: Arc<dyn Store> = Arc::new(FaultStore::new(
+        Arc::new(LocalStore::new(t.store_dir())),
+        FaultPlan {
+            latency: Duration::from_millis(150),
+            ..FaultPlan::default()
+        },
+    ));
+    let slow = Repo::open(slow_store).await.expect("open");
+    let bopts = BackupOptions {
+        max_session: Duration::from_secs(2),
+        dedup_fetches: 0,
+        workspace: "late".into(),
+        source: late_src.clone(),
+        cache_dir: t.cache_dir(),
+        tags: vec![],
+        host: Some("slow".into()),
+    };
+    let b = tokio::spawn(async move { backup(&slow, &bopts, Arc::new(Progress::default())).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = run_gc(&t.repo, protect).await;
+    assert_eq!(r.sparse_scheduled, 1, "{r:?}");
+    let late = b.await.expect("join").expect("slow backup");
+    assert!(
+        late.stats.uploaded_bytes < 50 << 10,
+        "it deduplicated a.bin: {:?}",
+        late.stats
+    );
+
+    // A backup that starts after the scheduling never builds on the pack: b.bin is stored anew.
+    let fresh_src = t.scratch("fresh");
+    write(&fresh_src.join("b.bin"), &random_bytes(12, 40 << 10));
+    let fresh = t.backup("other", &fresh_src).await;
+    assert!(fresh.stats.uploaded_bytes >= 40 << 10, "{:?}", fresh.stats);
+    let r = run_gc(&t.repo, protect).await;
+    assert_eq!(r.sparse_rewritten, 0, "not before the window: {r:?}");
+
+    // After the window: rewritten without e.bin but with a.bin (the late snapshot uses it); every
+    // live snapshot restores; check is clean.
+    tokio::time::sleep(protect + Duration::from_millis(1200)).await;
+    let before = data_bytes(&t);
+    let r = run_gc(&t.repo, protect).await;
+    assert_eq!(r.sparse_rewritten, 1, "{r:?}");
+    assert!(
+        data_bytes(&t) + (100 << 10) < before,
+        "a.bin's bytes are gone: {before} -> {}",
+        data_bytes(&t)
+    );
+    let reader = Repo::open(t.repo.store().clone()).await.expect("open");
+    for (ws, id, want) in [
+        ("w", s2.snapshot, &src),
+        ("other", fresh.snapshot, &fresh_src),
+        ("late", late.snapshot, &late_src),
+    ] {
+        let (_, m) = reader.resolve(ws, Some(&id.to_hex())).await.expect("resolve");
+        let out = t.scratch(&format!("out-{ws}"));
+        cairn_engine::restore(
+            &reader,
+            id,
+            &m,
+            &cairn_engine::RestoreOptions::new(&out),
+            Arc::new(Progress::default()),
+        )
+        .await
+        .expect("restore");
+        assert_same_tree(want, &out);
+    }
+    let c = cairn_engine::check(&t.repo, true, Arc::new(Progress::default()))
+        .await
+        .expect("check");
+    assert!(c.errors.is_empty() && c.moved_packs >= 1, "{c:?}");
+    // A later backup whose index still knows the old pack, and its restore.
+    write(&src.join("d.bin"), &random_bytes(14, 20 << 10));
+    let s3 = t.backup("w", &src).await;
+    let out = t.scratch("out-s3");
+    t.restore("w", Some(&s3.snapshot), &out).await;
+    assert_same_tree(&src, &out);
 }

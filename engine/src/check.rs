@@ -69,6 +69,8 @@ pub async fn check(repo: &Repo, read_data: bool, progress: Arc<Progress>) -> Res
     // Every snapshot: records, trees, blob locations.
     let mut packs: BTreeMap<PackId, (PackKind, u64)> = BTreeMap::new();
     let mut blobs: HashSet<BlobId> = HashSet::new();
+    // Referenced byte ranges per pack, to check that a repack moved every one of them.
+    let mut ranges: HashMap<PackId, HashSet<(u64, u64)>> = HashMap::new();
     let listed = store.list(&cairn_formats::snapshot_prefix(None)).await?;
     for o in listed {
         let mut parts = o.key.splitn(3, '/').skip(1);
@@ -102,6 +104,8 @@ pub async fn check(repo: &Repo, read_data: bool, progress: Arc<Progress>) -> Res
                 blobs.insert(*id);
                 let size = trees.locations().pack_size(&loc.pack).unwrap_or(0);
                 packs.insert(loc.pack, (loc.kind, size));
+                let r = loc.entry.range();
+                ranges.entry(loc.pack).or_default().insert((r.start, r.end));
             }
             Err(e) => errors.push(format!("snapshot {} of {ws}: {e}", snap.short())),
         };
@@ -146,26 +150,46 @@ pub async fn check(repo: &Repo, read_data: bool, progress: Arc<Progress>) -> Res
     let mut moved: Vec<PackId> = Vec::new();
     let mut now_in: BTreeMap<PackId, (PackKind, u64)> = BTreeMap::new();
     for (id, (kind, _)) in &packs {
-        let mut at = *id;
+        if stored.contains_key(&pack_key(*kind, id)) {
+            continue;
+        }
+        // Follow each referenced range from move to move until a stored pack holds it.
         let mut last = None;
-        for _ in 0..4 {
-            if stored.contains_key(&pack_key(*kind, &at)) {
-                break;
+        for &(start, end) in ranges.get(id).into_iter().flatten() {
+            let (mut at, mut r) = (*id, start..end);
+            let mut hops = 0;
+            while !stored.contains_key(&pack_key(*kind, &at)) && hops < 4 {
+                hops += 1;
+                match repo.pack_move(&at).await {
+                    Ok(Some(m)) => match m.map(&r).filter(|_| m.covers(&r)) {
+                        Some(parts) => {
+                            let (old, new_at) = &parts[0];
+                            r = *new_at..new_at + (old.end - old.start);
+                            last = Some((m.to, m.to_size));
+                            at = m.to;
+                        }
+                        None => {
+                            report.errors.push(format!(
+                                "{}: a blob at {}..{} was repacked away but is referenced",
+                                pack_key(*kind, id),
+                                start,
+                                end
+                            ));
+                            break;
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        report.errors.push(e.to_string());
+                        break;
+                    }
+                }
             }
-            match repo.pack_move(&at).await {
-                Ok(Some(m)) => {
-                    last = Some((m.to, m.to_size));
-                    at = m.to;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    report.errors.push(e.to_string());
-                    break;
-                }
+            if let Some((to, size)) = last {
+                now_in.insert(to, (*kind, size));
             }
         }
-        if let Some((to, size)) = last {
-            now_in.insert(to, (*kind, size));
+        if last.is_some() {
             moved.push(*id);
         }
     }

@@ -64,6 +64,16 @@ pub struct GcState {
     /// The current compacted index set, if one was built.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compact: Option<crate::compact::CompactSet>,
+    /// Mostly-empty data packs scheduled to be rewritten without their dead blobs, and when (by
+    /// the store's clock). Backups avoid them from then on; the rewrite happens once the
+    /// protection window has passed, so no backup can still reference a blob it drops.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewrite: Vec<Condemned>,
+    /// Keys of packs rewritten without their dead blobs (or being rewritten), kept while the pack
+    /// or its move exists: backups never deduplicate against them, as the records listing them
+    /// still name blobs that are gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewritten: Vec<String>,
 }
 
 impl GcState {
@@ -85,9 +95,15 @@ impl GcState {
         }
     }
 
-    /// The condemned packs.
+    /// The packs backups must not deduplicate against: condemned, scheduled for a rewrite, or
+    /// rewritten.
     pub fn condemned_packs(&self) -> HashSet<PackId> {
-        self.condemned.iter().filter_map(|c| pack_id(&c.key)).collect()
+        self.condemned
+            .iter()
+            .chain(self.rewrite.iter())
+            .filter_map(|c| pack_id(&c.key))
+            .chain(self.rewritten.iter().filter_map(|k| pack_id(k)))
+            .collect()
     }
 
     /// The condemned index records.
@@ -126,6 +142,9 @@ pub struct GcOptions {
     /// Packs smaller than this are repacked (default: a quarter of the repository's pack target
     /// for their kind).
     pub repack_below: Option<u64>,
+    /// Data packs whose dead bytes exceed this share (0.0-1.0) are rewritten without them, one
+    /// protection window after being scheduled.
+    pub max_unused: f64,
 }
 
 /// What a run did.
@@ -165,6 +184,12 @@ pub struct GcReport {
     pub repacked_bytes: u64,
     /// Packs written by the repack.
     pub repack_written: u64,
+    /// Mostly-empty packs scheduled by this run for a rewrite (after the window).
+    pub sparse_scheduled: u64,
+    /// Mostly-empty packs rewritten by this run, their bytes, and the bytes kept.
+    pub sparse_rewritten: u64,
+    /// Bytes of the packs rewritten.
+    pub sparse_bytes: u64,
     /// Condemned objects still waiting out the window.
     pub waiting: u64,
     /// Unreferenced objects too young to condemn.
@@ -390,6 +415,88 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
     } else {
         Vec::new()
     };
+    // Mostly-empty data packs: scheduled now, rewritten a window later (see `GcState::rewrite`).
+    let existing: HashMap<PackId, u64> = packs_listed
+        .iter()
+        .filter_map(|o| Some((pack_id(&o.key)?, o.size)))
+        .collect();
+    let moved_listed: HashSet<PackId> = moves_listed.iter().filter_map(|o| moved_pack(&o.key)).collect();
+    let listed_data = |p: &PackId| listed_packs.get(p) == Some(&PackKind::Data);
+    let live = if opts.repack {
+        Some(crate::repack::live_blobs(repo, &manifests, &records).await?)
+    } else {
+        None
+    };
+    let mut rewrite = Vec::new();
+    let mut rewritten: Vec<String> = state
+        .rewritten
+        .iter()
+        .filter(|k| pack_id(k).is_some_and(|p| existing.contains_key(&p) || moved_listed.contains(&p)))
+        .cloned()
+        .collect();
+    let mut due: Vec<crate::repack::Sparse> = Vec::new();
+    for r in &state.rewrite {
+        let Some(p) = pack_id(&r.key) else { continue };
+        if !listed_data(&p) || !existing.contains_key(&p) || has_move.contains(&p) {
+            continue; // garbage now (condemned the usual way), or already moved
+        }
+        if now - r.at > protect {
+            rewritten.push(r.key.clone());
+        } else {
+            rewrite.push(r.clone());
+        }
+    }
+    if let Some(live) = &live {
+        let scheduled: HashSet<&str> = state
+            .rewrite
+            .iter()
+            .map(|c| c.key.as_str())
+            .chain(rewritten.iter().map(String::as_str))
+            .collect();
+        let mut entries: HashMap<PackId, HashMap<u64, (u32, bool)>> = HashMap::new();
+        for (_, r) in &records {
+            for p in r.packs.iter().filter(|p| p.kind == PackKind::Data) {
+                let e = entries.entry(p.pack).or_default();
+                for b in &p.blobs {
+                    e.insert(b.offset, (b.stored_len, live.contains(&b.id)));
+                }
+            }
+        }
+        for (pack, blobs) in &entries {
+            let key = cairn_formats::pack_key(PackKind::Data, pack);
+            let Some(&size) = existing.get(pack) else { continue };
+            if size < small[0] || has_move.contains(pack) || scheduled.contains(key.as_str()) {
+                continue;
+            }
+            let live_bytes: u64 = blobs
+                .values()
+                .filter(|(_, l)| *l)
+                .map(|(n, _)| u64::from(*n))
+                .sum();
+            if (size.saturating_sub(live_bytes)) as f64 > opts.max_unused * size as f64 {
+                report.sparse_scheduled += 1;
+                rewrite.push(Condemned { key, at: now, size });
+            }
+        }
+        // Rewritten but still there without a move: due now, or interrupted last time.
+        for k in &rewritten {
+            if let Some(p) = pack_id(k).filter(|p| listed_data(p) && !has_move.contains(p)) {
+                if let Some(&size) = existing.get(&p) {
+                    due.push(crate::repack::Sparse { pack: p, size });
+                }
+            }
+        }
+    }
+    let rewriting: HashSet<PackId> = rewrite
+        .iter()
+        .map(|c| c.key.as_str())
+        .chain(rewritten.iter().map(String::as_str))
+        .filter_map(pack_id)
+        .collect();
+    let candidates: Vec<crate::repack::Candidate> = candidates
+        .into_iter()
+        .filter(|c| has_move.contains(&c.pack) || !rewriting.contains(&c.pack))
+        .collect();
     // The compacted index: rebuilt when the live records or the generation changed.
     let digest = crate::compact::records_digest(&live_records.iter().copied().collect::<Vec<_>>());
     let current = state
@@ -403,6 +510,8 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
         let (n, bytes) = crate::repack::would_repack(repo, &candidates, &has_move, small);
         report.repacked_packs = n;
         report.repacked_bytes = bytes;
+        report.sparse_rewritten = due.len() as u64;
+        report.sparse_bytes = due.iter().map(|d| d.size).sum();
         report.compact_set = current.map(|c| c.name);
         return Ok(report);
     }
@@ -436,6 +545,8 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
         generation: report.generation,
         condemned: still,
         compact: Some(compact.clone()),
+        rewrite,
+        rewritten,
     };
     let body = Bytes::from(serde_json::to_vec(&new_state).map_err(|e| Error::Invalid(e.to_string()))?);
     let mode = state_version.map_or(PutMode::Create, PutMode::Update);
@@ -483,6 +594,12 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
     report.repacked_packs = r.packs;
     report.repacked_bytes = r.bytes;
     report.repack_written = r.written;
+    if let (Some(live), false) = (&live, due.is_empty()) {
+        let r = crate::repack::rewrite_sparse(repo, due, live).await?;
+        report.sparse_rewritten = r.packs;
+        report.sparse_bytes = r.bytes;
+        report.repack_written += r.written;
+    }
     Ok(report)
 }
 

@@ -64,13 +64,19 @@ impl PackBuilder {
     /// Appends the blob region of another pack (`PACK_HEADER_LEN..` up to its trailer) byte for
     /// byte, with its trailer's entries; returns where the region starts in this pack.
     pub fn append_region(&mut self, region: &[u8], entries: &[PackEntry]) -> u64 {
+        self.append_range(region, PACK_HEADER_LEN, entries)
+    }
+
+    /// Appends `bytes`, which were at offset `from` of another pack, with the entries of the blobs
+    /// they hold (offsets in that pack); returns where they start in this pack.
+    pub fn append_range(&mut self, bytes: &[u8], from: u64, entries: &[PackEntry]) -> u64 {
         let at = self.buf.len() as u64;
         for e in entries {
             let mut e = *e;
-            e.offset = e.offset - PACK_HEADER_LEN + at;
+            e.offset = e.offset - from + at;
             self.entries.push(e);
         }
-        self.buf.extend_from_slice(region);
+        self.buf.extend_from_slice(bytes);
         at
     }
 

@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use cairn_formats::{
     move_key, pack_key, PackId, PackKind, PackMove, PackTrailer, PACK_FOOTER_LEN, PACK_HEADER_LEN, PACK_MAGIC,
 };
@@ -62,57 +62,110 @@ impl Repo {
     }
 
     /// Reads `range` of a pack (the whole pack with `None`), following moves if garbage
-    /// collection repacked it. A moved pack read whole yields its header and blob region, at the
-    /// same offsets as before, without the old trailer.
+    /// collection repacked it. The result has the length and offsets of the original read; bytes
+    /// a repack dropped (dead blobs) read as zeros, which no blob a snapshot references can be, as
+    /// every blob is verified against its id. A moved pack read whole yields its header and blob
+    /// region without the old trailer.
     ///
     /// # Errors
-    /// [`Error::NotFound`] naming the original pack if it is gone and no move explains it; store
-    /// errors; a range outside a moved pack's blob region is [`Error::Corrupt`].
+    /// [`Error::NotFound`] naming the original pack if it is gone and no move explains it;
+    /// [`Error::Corrupt`] if a move does not cover the range; store errors.
     pub async fn read_pack(&self, kind: PackKind, pack: &PackId, range: Option<Range<u64>>) -> Result<Bytes> {
-        let original = pack_key(kind, pack);
-        let mut at = *pack;
-        let mut range = range;
-        let mut whole_moved = false;
-        for _ in 0..=MAX_HOPS {
-            let key = pack_key(kind, &at);
-            let got = match &range {
-                Some(r) => self.store().get_range(&key, r.clone()).await,
-                None => self.store().get(&key).await.map(|g| g.data),
+        let key = pack_key(kind, pack);
+        let first = match &range {
+            Some(r) => self.store().get_range(&key, r.clone()).await,
+            None => self.store().get(&key).await.map(|g| g.data),
+        };
+        match first {
+            Err(Error::NotFound { .. }) => {}
+            other => return other,
+        }
+        let Some(m) = self.pack_move(pack).await? else {
+            return Err(Error::NotFound { key });
+        };
+        let (range, mut out) = match range {
+            Some(r) => {
+                let len = (r.end - r.start) as usize;
+                (r, vec![0u8; len])
+            }
+            None => {
+                let mut out = vec![0u8; m.old_end() as usize];
+                out[..PACK_HEADER_LEN as usize].copy_from_slice(PACK_MAGIC);
+                (0..m.old_end(), out)
+            }
+        };
+        // Work: (pack, [(range in that pack, offset in `out`)]), one group per pack reached.
+        let mut work = vec![(m, range.clone(), 0usize)];
+        let mut covered = 0u64;
+        while let Some((m, want, hops)) = work.pop() {
+            if hops > MAX_HOPS {
+                return Err(Error::Corrupt {
+                    object: key,
+                    detail: format!("moved more than {MAX_HOPS} times"),
+                });
+            }
+            let Some(parts) = m.map(&want) else {
+                return Err(Error::Corrupt {
+                    object: move_key(&m.from),
+                    detail: format!("no moved range overlaps {}..{}", want.start, want.end),
+                });
             };
-            match got {
-                Ok(data) if whole_moved => {
-                    let mut b = BytesMut::with_capacity(data.len() + PACK_HEADER_LEN as usize);
-                    b.extend_from_slice(PACK_MAGIC);
-                    b.extend_from_slice(&data);
-                    return Ok(b.freeze());
+            // The pieces lie back to back in the new pack: one read covers them.
+            let span = parts[0].1
+                ..parts[parts.len() - 1].1 + (parts[parts.len() - 1].0.end - parts[parts.len() - 1].0.start);
+            match self.store().get_range(&pack_key(kind, &m.to), span.clone()).await {
+                Ok(data) => {
+                    for (old, at) in &parts {
+                        let src = (at - span.start) as usize;
+                        let len = (old.end - old.start) as usize;
+                        let dst = (old.start - range.start) as usize;
+                        let bytes = data.get(src..src + len).ok_or_else(|| Error::Corrupt {
+                            object: pack_key(kind, &m.to),
+                            detail: format!("short read of {}..{}", span.start, span.end),
+                        })?;
+                        out[dst..dst + len].copy_from_slice(bytes);
+                        covered += len as u64;
+                    }
                 }
-                Ok(data) => return Ok(data),
-                Err(Error::NotFound { .. }) => {}
+                Err(Error::NotFound { .. }) => {
+                    let Some(next) = self.pack_move(&m.to).await? else {
+                        return Err(Error::NotFound {
+                            key: pack_key(kind, &m.to),
+                        });
+                    };
+                    // Re-express each part in the next pack's terms: the pieces of `next`
+                    // that overlap the part's bytes in `m.to`, clipped and shifted back to the
+                    // coordinates `out` uses.
+                    for (old, at) in parts {
+                        let end = at + (old.end - old.start);
+                        let pieces = next
+                            .pieces
+                            .iter()
+                            .filter(|p| p.offset < end && p.offset + p.len > at)
+                            .map(|p| {
+                                let start = p.offset.max(at);
+                                let stop = (p.offset + p.len).min(end);
+                                cairn_formats::MovePiece {
+                                    offset: start - at + old.start,
+                                    len: stop - start,
+                                    at: p.at + (start - p.offset),
+                                }
+                            })
+                            .collect();
+                        let sub = PackMove {
+                            pieces,
+                            ..next.clone()
+                        };
+                        work.push((sub, old, hops + 1));
+                    }
+                }
                 Err(e) => return Err(e),
             }
-            let Some(m) = self.pack_move(&at).await? else {
-                return Err(Error::NotFound { key: original });
-            };
-            let want = match range.take() {
-                Some(r) => r,
-                None => {
-                    whole_moved = true;
-                    PACK_HEADER_LEN..PACK_HEADER_LEN + m.len
-                }
-            };
-            range = Some(m.map(&want).ok_or_else(|| Error::Corrupt {
-                object: move_key(&at),
-                detail: format!(
-                    "range {}..{} lies outside the moved blob region",
-                    want.start, want.end
-                ),
-            })?);
-            at = m.to;
         }
-        Err(Error::Corrupt {
-            object: original,
-            detail: format!("moved more than {MAX_HOPS} times"),
-        })
+        if covered == 0 {
+            return Err(Error::NotFound { key });
+        }
+        Ok(Bytes::from(out))
     }
 }
 
@@ -241,10 +294,13 @@ pub(crate) async fn repack(
                 let m = PackMove {
                     from: c.pack,
                     kind,
-                    len: *len,
                     to,
                     to_size,
-                    at: *at,
+                    pieces: vec![cairn_formats::MovePiece {
+                        offset: PACK_HEADER_LEN,
+                        len: *len,
+                        at: *at,
+                    }],
                 };
                 async move {
                     repo.store()
@@ -262,4 +318,176 @@ pub(crate) async fn repack(
         }
     }
     Ok(report)
+}
+
+/// Every blob the trees of `manifests` reference (chunks and the trees themselves), read through
+/// `records` (the live index records); metadata packs are fetched once each.
+///
+/// # Errors
+/// A tree that cannot be located, fetched or decoded: nothing is rewritten from a repository whose
+/// references cannot all be read.
+pub(crate) async fn live_blobs(
+    repo: &Repo,
+    manifests: &[cairn_formats::Manifest],
+    records: &[(cairn_formats::IndexId, cairn_formats::IndexRecord)],
+) -> Result<HashSet<cairn_formats::BlobId>> {
+    use cairn_formats::{BlobId, Extent, Node, PackEntry, Tree};
+    use std::collections::HashMap;
+    let mut trees_at: HashMap<BlobId, (PackId, PackEntry)> = HashMap::new();
+    for (_, r) in records {
+        for p in r.packs.iter().filter(|p| p.kind == PackKind::Meta) {
+            for e in &p.blobs {
+                trees_at.insert(e.id, (p.pack, *e));
+            }
+        }
+    }
+    let metas: HashSet<PackId> = trees_at.values().map(|(p, _)| *p).collect();
+    let packs: HashMap<PackId, Bytes> = stream::iter(metas)
+        .map(|p| async move { Ok::<_, Error>((p, repo.read_pack(PackKind::Meta, &p, None).await?)) })
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut live: HashSet<BlobId> = HashSet::new();
+    let mut stack: Vec<BlobId> = manifests.iter().map(|m| m.root).collect();
+    while let Some(id) = stack.pop() {
+        if !live.insert(id) {
+            continue;
+        }
+        let (pack, e) = trees_at.get(&id).ok_or_else(|| Error::Corrupt {
+            object: format!("tree {id}"),
+            detail: "not located by any live index record".into(),
+        })?;
+        let key = pack_key(PackKind::Meta, pack);
+        let r = e.range();
+        let stored = packs
+            .get(pack)
+            .and_then(|b| b.get(r.start as usize..r.end as usize))
+            .ok_or_else(|| Error::Corrupt {
+                object: key.clone(),
+                detail: format!("tree {} lies beyond the pack", id.short()),
+            })?;
+        let raw = crate::compress::decode_blob(
+            &format!("tree {} in {key}", id.short()),
+            &id,
+            stored,
+            e.raw_len,
+            e.codec,
+        )?;
+        let tree = Tree::decode(&raw).map_err(|e| Error::format(format!("tree {id} in {key}"), e))?;
+        for entry in tree.entries {
+            match entry.node {
+                Node::Dir { tree } => stack.push(tree),
+                Node::File { extents, .. } => {
+                    for x in extents {
+                        if let Extent::Chunk { id, .. } = x {
+                            live.insert(id);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(live)
+}
+
+/// A data pack to rewrite with only its live blobs.
+#[derive(Clone, Debug)]
+pub(crate) struct Sparse {
+    pub pack: PackId,
+    pub size: u64,
+}
+
+/// Rewrites mostly-empty data packs: their live blobs (by `live`) copied into new packs, runs of
+/// adjacent live blobs as one piece each, then the moves, then the old packs deleted. Only packs
+/// that every backup has avoided for a whole protection window may be given (see `gc.rs`).
+pub(crate) async fn rewrite_sparse(
+    repo: &Repo,
+    packs: Vec<Sparse>,
+    live: &HashSet<cairn_formats::BlobId>,
+) -> Result<RepackReport> {
+    let mut report = RepackReport::default();
+    let target = u64::from(repo.config().packs.data);
+    let mut b = PackBuilder::new(PackKind::Data, target as usize);
+    let mut placed: Vec<(PackId, u64, Vec<cairn_formats::MovePiece>)> = Vec::new();
+    for s in packs {
+        let key = pack_key(PackKind::Data, &s.pack);
+        let data = repo.store().get(&key).await?.data;
+        if PackId::of(&data) != s.pack {
+            tracing::warn!(%key, "pack does not hash to its id; not rewritten");
+            continue;
+        }
+        let Ok(trailer) = PackTrailer::decode_pack(&data) else {
+            tracing::warn!(%key, "pack trailer unreadable; not rewritten");
+            continue;
+        };
+        // Runs of adjacent live blobs.
+        let mut runs: Vec<(u64, u64, Vec<cairn_formats::PackEntry>)> = Vec::new();
+        for e in trailer.blobs.iter().filter(|e| live.contains(&e.id)) {
+            let r = e.range();
+            match runs.last_mut() {
+                Some((_, end, es)) if *end == r.start => {
+                    *end = r.end;
+                    es.push(*e);
+                }
+                _ => runs.push((r.start, r.end, vec![*e])),
+            }
+        }
+        let live_len: u64 = runs.iter().map(|(a, z, _)| z - a).sum();
+        if !b.is_empty() && (b.len() as u64) + live_len > target {
+            flush_sparse(
+                repo,
+                std::mem::replace(&mut b, PackBuilder::new(PackKind::Data, target as usize)),
+                &mut placed,
+                &mut report,
+            )
+            .await?;
+        }
+        let mut pieces = Vec::new();
+        for (start, end, es) in &runs {
+            let at = b.append_range(&data[*start as usize..*end as usize], *start, es);
+            pieces.push(cairn_formats::MovePiece {
+                offset: *start,
+                len: end - start,
+                at,
+            });
+        }
+        placed.push((s.pack, s.size, pieces));
+    }
+    flush_sparse(repo, b, &mut placed, &mut report).await?;
+    Ok(report)
+}
+
+/// Seals and uploads the new pack, writes the moves of `placed`, deletes the old packs.
+async fn flush_sparse(
+    repo: &Repo,
+    b: PackBuilder,
+    placed: &mut Vec<(PackId, u64, Vec<cairn_formats::MovePiece>)>,
+    report: &mut RepackReport,
+) -> Result<()> {
+    if placed.is_empty() {
+        return Ok(());
+    }
+    let new = b.seal();
+    let (to, to_size) = (new.id, new.bytes.len() as u64);
+    repo.store()
+        .put_immutable(&pack_key(PackKind::Data, &to), new.bytes)
+        .await?;
+    report.written += 1;
+    for (from, size, pieces) in placed.drain(..) {
+        let m = PackMove {
+            from,
+            kind: PackKind::Data,
+            to,
+            to_size,
+            pieces,
+        };
+        repo.store()
+            .put_immutable(&move_key(&from), Bytes::from(m.encode()))
+            .await?;
+        repo.store().delete(&pack_key(PackKind::Data, &from)).await?;
+        report.packs += 1;
+        report.bytes += size;
+    }
+    Ok(())
 }

@@ -37,7 +37,7 @@ pub use keys::{
     COMPACT_PREFIX, CONFIG_KEY, HEADS_PREFIX, INDEX_PREFIX, MOVED_PREFIX,
 };
 pub use pack::{Codec, PackEntry, PackKind, PackTrailer, PACK_FOOTER_LEN, PACK_HEADER_LEN, PACK_MAGIC};
-pub use segment::{shard_of, IndexSegment, PackMove, SegmentBlob, SegmentPack, MAX_SHARD_BITS};
+pub use segment::{shard_of, IndexSegment, MovePiece, PackMove, SegmentBlob, SegmentPack, MAX_SHARD_BITS};
 pub use snapshot::{validate_workspace, Head, Manifest, SnapshotStats};
 pub use time::Timestamp;
 pub use tree::{validate_name, Entry, Extent, Meta, Node, Tree, Xattr, MAX_NAME_LEN};

@@ -116,23 +116,33 @@ impl IndexSegment {
     }
 }
 
-/// Where the blobs of a repacked pack are now: its whole blob region (`PACK_HEADER_LEN..` up to
-/// its trailer) was copied, byte for byte and in order, into `to` at offset `at`. A blob at
-/// offset `o` of `from` is therefore at `o - PACK_HEADER_LEN + at` of `to`.
+/// One contiguous range of a repacked pack and where it is now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovePiece {
+    /// Offset in the old pack.
+    pub offset: u64,
+    /// Length.
+    pub len: u64,
+    /// Offset in the new pack.
+    pub at: u64,
+}
+
+/// Where the blobs of a repacked pack are now: ranges of the old pack (whole blobs), copied byte
+/// for byte into the new pack. A small pack moves whole (one piece: its blob region); a mostly
+/// empty one moves only its live blobs (one piece per run of live blobs). A blob of the old pack
+/// not covered by a piece is gone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackMove {
     /// The pack that was repacked (and then deleted).
     pub from: PackId,
     /// Its kind (the new pack has the same).
     pub kind: PackKind,
-    /// Its blob region's length.
-    pub len: u64,
     /// The pack holding the blobs now.
     pub to: PackId,
     /// That pack's length.
     pub to_size: u64,
-    /// Where the blob region starts in it.
-    pub at: u64,
+    /// The ranges moved, increasing and disjoint in both packs.
+    pub pieces: Vec<MovePiece>,
 }
 
 impl PackMove {
@@ -141,31 +151,55 @@ impl PackMove {
         envelope::encode(Kind::Move, self)
     }
 
-    /// Decodes and validates (the region lies inside the new pack).
+    /// Decodes and validates (pieces inside both packs, increasing, disjoint).
     ///
     /// # Errors
     /// Any [`FormatError`].
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         let m: PackMove = envelope::decode(Kind::Move, bytes)?;
-        if m.at < PACK_HEADER_LEN || m.at.saturating_add(m.len) > m.to_size || m.from == m.to {
-            return Err(FormatError::malformed(
-                "pack move",
-                format!(
-                    "region {}+{} does not fit the new pack of {} bytes",
-                    m.at, m.len, m.to_size
-                ),
-            ));
+        let bad = |d: String| Err(FormatError::malformed("pack move", d));
+        if m.from == m.to {
+            return bad("moves a pack onto itself".into());
+        }
+        let (mut old_end, mut new_end) = (PACK_HEADER_LEN, PACK_HEADER_LEN);
+        for p in &m.pieces {
+            if p.offset < old_end || p.at < new_end || p.at.saturating_add(p.len) > m.to_size {
+                return bad(format!(
+                    "piece {}+{} -> {} overlaps, is out of order or lies beyond the new pack of {} bytes",
+                    p.offset, p.len, p.at, m.to_size
+                ));
+            }
+            old_end = p.offset.saturating_add(p.len);
+            new_end = p.at + p.len;
         }
         Ok(m)
     }
 
-    /// The range in the new pack of `range` in the old one, if the old range lies in the region.
-    pub fn map(&self, range: &std::ops::Range<u64>) -> Option<std::ops::Range<u64>> {
-        if range.start < PACK_HEADER_LEN || range.end > PACK_HEADER_LEN + self.len || range.start > range.end
-        {
-            return None;
-        }
-        let shift = self.at - PACK_HEADER_LEN;
-        Some(range.start + shift..range.end + shift)
+    /// The pieces that overlap `range` of the old pack, as (old range, new offset) clipped to
+    /// `range`; `None` if no piece does.
+    pub fn map(&self, range: &std::ops::Range<u64>) -> Option<Vec<(std::ops::Range<u64>, u64)>> {
+        let out: Vec<_> = self
+            .pieces
+            .iter()
+            .filter(|p| p.offset < range.end && p.offset + p.len > range.start)
+            .map(|p| {
+                let start = p.offset.max(range.start);
+                let end = (p.offset + p.len).min(range.end);
+                (start..end, p.at + (start - p.offset))
+            })
+            .collect();
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// Whether `range` of the old pack lies entirely inside one piece (a blob that moved).
+    pub fn covers(&self, range: &std::ops::Range<u64>) -> bool {
+        self.pieces
+            .iter()
+            .any(|p| p.offset <= range.start && range.end <= p.offset + p.len)
+    }
+
+    /// The end of the last piece in the old pack (header length if none).
+    pub fn old_end(&self) -> u64 {
+        self.pieces.last().map_or(PACK_HEADER_LEN, |p| p.offset + p.len)
     }
 }

@@ -216,10 +216,20 @@ fn sample_move() -> PackMove {
     PackMove {
         from: PackId(id32(60)),
         kind: PackKind::Data,
-        len: 200,
         to: PackId(id32(61)),
         to_size: 9000,
-        at: 1000,
+        pieces: vec![
+            MovePiece {
+                offset: 8,
+                len: 200,
+                at: 1000,
+            },
+            MovePiece {
+                offset: 500,
+                len: 100,
+                at: 1200,
+            },
+        ],
     }
 }
 
@@ -320,15 +330,24 @@ fn segments_refuse_what_would_misdirect_a_backup() {
 }
 
 #[test]
-fn moves_map_ranges_inside_the_region_only() {
+fn moves_map_ranges_piece_by_piece() {
     let m = sample_move();
-    assert_eq!(m.map(&(8..108)), Some(1000..1100));
-    assert_eq!(m.map(&(108..208)), Some(1100..1200));
-    assert_eq!(m.map(&(0..10)), None, "the old header is not in the region");
-    assert_eq!(m.map(&(100..209)), None, "past the region");
+    assert_eq!(m.map(&(8..108)), Some(vec![(8..108, 1000)]));
+    assert_eq!(m.map(&(108..208)), Some(vec![(108..208, 1100)]));
+    assert_eq!(
+        m.map(&(100..600)),
+        Some(vec![(100..208, 1092), (500..600, 1200)]),
+        "a read across a dropped gap maps to both pieces"
+    );
+    assert_eq!(m.map(&(0..8)), None, "the old header is not moved");
+    assert_eq!(m.map(&(300..400)), None, "dropped bytes are gone");
+    assert!(m.covers(&(520..540)) && !m.covers(&(190..520)));
     let mut outside = m.clone();
-    outside.to_size = 1100;
+    outside.to_size = 1250;
     assert!(PackMove::decode(&outside.encode()).is_err());
+    let mut overlapping = m.clone();
+    overlapping.pieces[1].offset = 100;
+    assert!(PackMove::decode(&overlapping.encode()).is_err());
     let mut onto_itself = m;
     onto_itself.to = onto_itself.from;
     assert!(PackMove::decode(&onto_itself.encode()).is_err());

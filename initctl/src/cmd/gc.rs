@@ -27,6 +27,11 @@ pub struct GcArgs {
     /// into full-size ones (default: a quarter of the repository's pack target).
     #[arg(long, value_parser = parse_size)]
     repack_below: Option<u64>,
+    /// Data packs with more than this percentage of bytes no snapshot uses are rewritten without
+    /// them (scheduled now, rewritten one protection window later, when no backup can still need
+    /// what is dropped).
+    #[arg(long, default_value_t = 50.0, value_parser = parse_percent)]
+    max_unused: f64,
     /// Report what would be condemned and deleted; change nothing.
     #[arg(long, short = 'n')]
     dry_run: bool,
@@ -41,6 +46,7 @@ pub async fn run(g: &Global, a: GcArgs) -> Result<u8> {
         lease_ttl: a.lease_ttl,
         repack: !a.no_repack,
         repack_below: a.repack_below,
+        max_unused: a.max_unused / 100.0,
     };
     let r = gc(&repo, &opts).await.context("gc")?;
     if g.json {
@@ -50,7 +56,8 @@ pub async fn run(g: &Global, a: GcArgs) -> Result<u8> {
         eprintln!(
             "marked {} snapshots: {} index records, {} packs live; condemned {} objects ({}); \
              {verb} {} records and {} packs ({}); {} resurrected, {} waiting, {} too young; \
-             repacked {} small packs ({}) into {}; index: {} blobs in set {}; generation {} in {:.2}s",
+             repacked {} small packs ({}) and {} mostly-empty ones ({}) into {}, {} more scheduled; \
+             index: {} blobs in set {}; generation {} in {:.2}s",
             r.snapshots,
             r.live_records,
             r.live_packs,
@@ -64,7 +71,10 @@ pub async fn run(g: &Global, a: GcArgs) -> Result<u8> {
             r.young,
             r.repacked_packs,
             output::bytes(r.repacked_bytes),
+            r.sparse_rewritten,
+            output::bytes(r.sparse_bytes),
             r.repack_written,
+            r.sparse_scheduled,
             r.compact_blobs,
             r.compact_set.as_deref().unwrap_or("-"),
             r.generation,
@@ -72,6 +82,20 @@ pub async fn run(g: &Global, a: GcArgs) -> Result<u8> {
         );
     }
     Ok(exit::OK)
+}
+
+/// A percentage, 0-100 (a trailing `%` is allowed).
+fn parse_percent(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a percentage like 50 or 50%"))?;
+    if (0.0..=100.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s:?}: must be between 0 and 100"))
+    }
 }
 
 /// A byte count: digits, optionally followed by K, M or G (powers of 1024; `KiB`/`MiB`/`GiB` too).
