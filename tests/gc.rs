@@ -137,7 +137,7 @@ async fn gc_condemns_then_deletes_only_what_nothing_references_and_backups_avoid
 #[tokio::test]
 async fn a_backup_that_deduplicated_before_the_condemnation_resurrects_what_it_uses() {
     let t = TestRepo::new().await;
-    let protect = Duration::from_secs(3);
+    let protect = Duration::from_secs(5);
     let src = t.scratch("src");
     write(&src.join("x.bin"), &random_bytes(1, 300 << 10));
     t.backup("w", &src).await;
@@ -159,7 +159,7 @@ async fn a_backup_that_deduplicated_before_the_condemnation_resurrects_what_it_u
     ));
     let slow = Repo::open(slow_store).await.expect("open");
     let bopts = BackupOptions {
-        max_session: Duration::from_secs(2),
+        max_session: Duration::from_secs(4), // under the window, with room for a loaded machine
         dedup_fetches: cairn_engine::dedup_fetches_from_env(),
         workspace: "w".into(),
         source: src.clone(),
@@ -596,7 +596,7 @@ async fn a_repacked_pack_without_its_move_fails_restore_and_check_by_name() {
 #[tokio::test]
 async fn mostly_empty_packs_are_rewritten_a_window_later_keeping_what_late_backups_use() {
     let t = TestRepo::new().await;
-    let protect = Duration::from_secs(3);
+    let protect = Duration::from_secs(5);
     let src = t.scratch("src");
     // One session stores a.bin (100 KiB), e.bin (100 KiB) and b.bin (40 KiB) in one pack; the
     // next drops a.bin and e.bin. Once the first snapshot is forgotten, the pack is live (b.bin)
@@ -630,7 +630,7 @@ async fn mostly_empty_packs_are_rewritten_a_window_later_keeping_what_late_backu
     ));
     let slow = Repo::open(slow_store).await.expect("open");
     let bopts = BackupOptions {
-        max_session: Duration::from_secs(2),
+        max_session: Duration::from_secs(4), // under the window, with room for a loaded machine
         dedup_fetches: 0,
         workspace: "late".into(),
         source: late_src.clone(),

@@ -211,6 +211,32 @@ impl LocalIndex {
         self.db.write(batch).map_err(|e| self.err(e))
     }
 
+    /// Learns what a snapshot's loaded records say (as [`LocalIndex::add_record`] for each of
+    /// them, without fetching them again): every blob location, every pack with its record.
+    ///
+    /// # Errors
+    /// [`Error::Index`] on a database failure.
+    pub fn add_locations(&self, locations: &crate::repo::Locations) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let mut packs = std::collections::HashMap::new();
+        for (id, loc) in locations.iter() {
+            batch.put_cf(self.cf(CF_BLOBS), id.as_bytes(), enc(loc));
+            packs.entry(loc.pack).or_insert(loc.kind);
+        }
+        for (pack, kind) in packs {
+            let info = PackInfo {
+                kind,
+                size: locations.pack_size(&pack).unwrap_or(0),
+                record: locations.pack_record(&pack),
+            };
+            batch.put_cf(self.cf(CF_PACKS), pack.as_bytes(), enc(&info));
+        }
+        for r in locations.records() {
+            batch.put_cf(self.cf(CF_RECORDS), r.as_bytes(), []);
+        }
+        self.db.write(batch).map_err(|e| self.err(e))
+    }
+
     fn shard_key(set: &str, shard: u32) -> Vec<u8> {
         let mut k = Vec::with_capacity(set.len() + 5);
         k.extend_from_slice(set.as_bytes());

@@ -335,16 +335,18 @@ impl Repo {
     /// # Errors
     /// As [`Repo::index_record`].
     pub async fn locations(&self, manifest: &Manifest) -> Result<Locations> {
-        let records: Vec<IndexRecord> = stream::iter(manifest.index.iter())
-            .map(|id| self.index_record(id))
+        let records: Vec<(IndexId, IndexRecord)> = stream::iter(manifest.index.iter())
+            .map(|id| async move { self.index_record(id).await.map(|r| (*id, r)) })
             .buffer_unordered(READ_CONCURRENCY)
             .try_collect()
             .await?;
         let mut map = HashMap::new();
         let mut pack_sizes = HashMap::new();
-        for r in records {
+        let mut pack_records = HashMap::new();
+        for (id, r) in records {
             for p in r.packs {
                 pack_sizes.insert(p.pack, p.size);
+                pack_records.insert(p.pack, id);
                 for e in p.blobs {
                     map.insert(
                         e.id,
@@ -357,7 +359,12 @@ impl Repo {
                 }
             }
         }
-        Ok(Locations { map, pack_sizes })
+        Ok(Locations {
+            map,
+            pack_sizes,
+            pack_records,
+            records: manifest.index.clone(),
+        })
     }
 
     /// Makes sure the local index knows every record `manifest` names.
@@ -402,6 +409,10 @@ impl std::ops::Deref for IndexHandle {
 pub struct Locations {
     map: HashMap<BlobId, BlobLocation>,
     pack_sizes: HashMap<cairn_formats::PackId, u64>,
+    /// A record (of those loaded) listing each pack.
+    pack_records: HashMap<cairn_formats::PackId, IndexId>,
+    /// The records loaded.
+    records: Vec<IndexId>,
 }
 
 impl Locations {
@@ -419,6 +430,16 @@ impl Locations {
     /// The recorded size of a pack.
     pub fn pack_size(&self, pack: &cairn_formats::PackId) -> Option<u64> {
         self.pack_sizes.get(pack).copied()
+    }
+
+    /// A loaded record that lists `pack`.
+    pub fn pack_record(&self, pack: &cairn_formats::PackId) -> Option<IndexId> {
+        self.pack_records.get(pack).copied()
+    }
+
+    /// The records these locations were loaded from.
+    pub fn records(&self) -> &[IndexId] {
+        &self.records
     }
 
     /// Number of blobs located.

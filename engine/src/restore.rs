@@ -199,16 +199,19 @@ pub async fn restore_with_trees(
         .total_bytes
         .store(manifest.stats.bytes, std::sync::atomic::Ordering::Relaxed);
 
-    // Seeding the index's blob locations overlaps with the restore.
+    // Seeding the index's blob locations (from the records the trees were loaded with) overlaps
+    // with the restore.
     let seed_index = match &opts.cache_dir {
         Some(dir) => {
             let index = Arc::new(repo.open_index(dir)?);
-            let (repo, m, i) = (repo.clone(), manifest.clone(), index.clone());
+            let (repo, t, i) = (repo.clone(), trees.clone(), index.clone());
             Some((
                 index,
                 tokio::spawn(async move {
                     crate::gc::sync_generation(&repo, &i).await?;
-                    repo.sync_index(&i, &m).await
+                    tokio::task::spawn_blocking(move || i.add_locations(t.locations()))
+                        .await
+                        .map_err(|e| Error::Invalid(format!("index seeding panicked: {e}")))?
                 }),
             ))
         }
