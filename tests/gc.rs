@@ -504,12 +504,24 @@ async fn small_packs_are_repacked_and_every_snapshot_still_restores() {
         snaps.push((r.snapshot, copy));
     }
     let before = keys(&t.store_dir(), "packs/data").len();
+    let objects_before = keys(&t.store_dir(), "").len();
     let r = run_gc(&t.repo, Duration::from_secs(3600)).await;
     assert!(r.repacked_packs >= 6 && r.repack_written >= 1, "{r:?}");
     assert_eq!(r.condemned, 0, "{r:?}");
+    assert_eq!(r.moves, r.repacked_packs, "{r:?}");
     let after = keys(&t.store_dir(), "packs/data").len();
     assert!(after + 5 <= before, "{before} data packs -> {after}");
-    assert_eq!(keys(&t.store_dir(), "index/moved").len() as u64, r.repacked_packs);
+    // The moves live in one table object of the compacted set, not one object per pack.
+    let tables = keys(&t.store_dir(), "index/compact")
+        .into_iter()
+        .filter(|k| k.contains("moves-"))
+        .count();
+    assert_eq!(tables, 1);
+    let objects_after = keys(&t.store_dir(), "").len();
+    assert!(
+        objects_after + 4 <= objects_before + 2,
+        "objects {objects_before} -> {objects_after} (the set adds a segment and a table)"
+    );
 
     // Every snapshot restores from the moved blobs (a fresh handle: nothing cached), and check
     // verifies the new packs in place of the old.
@@ -535,15 +547,16 @@ async fn small_packs_are_repacked_and_every_snapshot_still_restores() {
     t.restore("w", Some(&r7.snapshot), &out).await;
     assert_same_tree(&src, &out);
 
-    // Old sessions forgotten: their moves go with their records, the new pack stays for the
-    // blobs still referenced, and the last snapshot still restores.
+    // Old sessions forgotten: their moves leave the table a window after their records stopped
+    // being live, the new pack stays for the blobs still referenced, and the last snapshot still
+    // restores.
     forget(&t.repo, "w", &keep_last(1), false).await.expect("forget");
-    let mut deleted_moves = 0;
-    for _ in 0..2 {
+    let mut moves = r.moves;
+    for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(2100)).await;
-        deleted_moves += run_gc(&t.repo, Duration::from_secs(1)).await.deleted_moves;
+        moves = run_gc(&t.repo, Duration::from_secs(1)).await.moves;
     }
-    assert!(deleted_moves >= 4, "{deleted_moves}");
+    assert!(moves + 4 <= r.moves, "moves {} -> {moves}", r.moves);
     let out = t.scratch("out-last");
     t.restore("w", Some(&r7.snapshot), &out).await;
     assert_same_tree(&src, &out);
@@ -563,10 +576,13 @@ async fn a_repacked_pack_without_its_move_fails_restore_and_check_by_name() {
     }
     let r = run_gc(&t.repo, Duration::from_secs(3600)).await;
     assert!(r.repacked_packs >= 4, "{r:?}");
-    // Lose one move (an operator's mistake, a bucket lifecycle rule).
-    let moves = t.objects("index/moved");
-    std::fs::remove_file(&moves[0]).expect("rm");
-    let pack = moves[0].file_name().expect("name").to_string_lossy().to_string();
+    // Lose the move table (an operator's mistake, a bucket lifecycle rule).
+    let table = t
+        .objects("index/compact")
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("moves-"))
+        .expect("a move table");
+    std::fs::remove_file(&table).expect("rm");
     let fresh = Repo::open(t.repo.store().clone()).await.expect("open");
     let (id, m) = fresh.resolve("w", None).await.expect("resolve");
     let out = t.scratch("out");
@@ -579,7 +595,8 @@ async fn a_repacked_pack_without_its_move_fails_restore_and_check_by_name() {
     )
     .await
     .expect_err("a blob has nowhere to come from");
-    assert!(err.to_string().contains(&pack), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("packs/") && msg.contains("moves-"), "{msg}");
     assert!(!out.join(cairn_engine::RESTORE_MARKER).exists());
     let c = cairn_engine::check(&fresh, false, Arc::new(Progress::default()))
         .await
@@ -587,7 +604,7 @@ async fn a_repacked_pack_without_its_move_fails_restore_and_check_by_name() {
     assert!(
         c.errors
             .iter()
-            .any(|e| e.contains(&pack) && e.contains("missing")),
+            .any(|e| e.contains("packs/") && e.contains("missing")),
         "{:?}",
         c.errors
     );

@@ -21,8 +21,8 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use cairn_formats::{
-    segment_key, shard_of, BlobId, IndexId, IndexRecord, IndexSegment, SegmentBlob, SegmentPack,
-    MAX_SHARD_BITS,
+    move_table_key, segment_key, shard_of, shard_of_bytes, BlobId, IndexId, IndexRecord, IndexSegment,
+    MoveEntry, MoveTable, PackId, SegmentBlob, SegmentPack, MAX_SHARD_BITS,
 };
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
@@ -54,6 +54,12 @@ pub struct CompactSet {
     pub blobs: u64,
     /// Records it was built from: BLAKE3 of their sorted ids, to tell whether a rebuild is due.
     pub records: String,
+    /// Leading pack-id bits that select a shard of the move table.
+    #[serde(default)]
+    pub move_bits: u8,
+    /// Moves in the table (0: there is no table).
+    #[serde(default)]
+    pub moves: u64,
 }
 
 /// The segment budget for one backup: `CAIRN_DEDUP_FETCHES`, else 64 (0 turns cross-workspace
@@ -146,8 +152,9 @@ pub(crate) fn build_segments(records: &[(IndexId, IndexRecord)]) -> (u8, Vec<Ind
     (bits, segments)
 }
 
-/// Writes a new set built from the live `records` for `generation`. Segments are create-only
-/// under a fresh name, so a backup reading the previous set is never disturbed.
+/// Writes a new set built from the live `records` for `generation`, with the move table `moves`.
+/// Objects are create-only under a fresh name, so a reader of the previous set is never
+/// disturbed.
 ///
 /// # Errors
 /// Store errors.
@@ -155,15 +162,36 @@ pub(crate) async fn write_set(
     repo: &Repo,
     generation: u64,
     records: &[(IndexId, IndexRecord)],
+    moves: &HashMap<PackId, MoveEntry>,
 ) -> Result<CompactSet> {
     let (bits, segments) = build_segments(records);
     let name = format!("{generation:08}-{:016x}", rand::random::<u64>());
     let blobs = segments.iter().map(|s| s.blobs.len() as u64).sum();
-    stream::iter(segments)
-        .map(|seg| {
-            let key = segment_key(&name, seg.shard);
-            async move { repo.store().put_immutable(&key, Bytes::from(seg.encode())).await }
+    let move_bits = shard_bits_for(moves.len() as u64);
+    let mut tables: Vec<MoveTable> = (0..1u32 << move_bits)
+        .map(|shard| MoveTable {
+            shard_bits: move_bits,
+            shard,
+            moves: Vec::new(),
         })
+        .collect();
+    if moves.is_empty() {
+        tables.clear();
+    }
+    for e in moves.values() {
+        tables[shard_of_bytes(e.mv.from.as_bytes(), move_bits) as usize]
+            .moves
+            .push(e.clone());
+    }
+    let objects = segments
+        .into_iter()
+        .map(|seg| (segment_key(&name, seg.shard), seg.encode()))
+        .chain(tables.into_iter().map(|mut t| {
+            t.moves.sort_by_key(|e| e.mv.from);
+            (move_table_key(&name, t.shard), t.encode())
+        }));
+    stream::iter(objects)
+        .map(|(key, bytes)| async move { repo.store().put_immutable(&key, Bytes::from(bytes)).await })
         .buffer_unordered(READ_CONCURRENCY)
         .try_collect::<Vec<()>>()
         .await?;
@@ -174,7 +202,46 @@ pub(crate) async fn write_set(
         shard_bits: bits,
         blobs,
         records: records_digest(&ids),
+        move_bits,
+        moves: moves.len() as u64,
     })
+}
+
+/// One shard of a set's move table.
+///
+/// # Errors
+/// Store errors ([`Error::NotFound`] if the set was deleted); [`Error::Corrupt`].
+pub(crate) async fn read_move_shard(repo: &Repo, set: &CompactSet, shard: u32) -> Result<MoveTable> {
+    let key = move_table_key(&set.name, shard);
+    let got = repo.store().get(&key).await?;
+    let t = MoveTable::decode(&got.data).map_err(|e| Error::format(&key, e))?;
+    if t.shard != shard || t.shard_bits != set.move_bits {
+        return Err(Error::Corrupt {
+            object: key,
+            detail: "holds another shard".into(),
+        });
+    }
+    Ok(t)
+}
+
+/// The whole move table of `set` (none without a set).
+///
+/// # Errors
+/// As [`read_move_shard`].
+pub(crate) async fn read_moves(repo: &Repo, set: Option<&CompactSet>) -> Result<HashMap<PackId, MoveEntry>> {
+    let Some(set) = set.filter(|s| s.moves > 0) else {
+        return Ok(HashMap::new());
+    };
+    let tables: Vec<MoveTable> = stream::iter(0..1u32 << set.move_bits)
+        .map(|shard| read_move_shard(repo, set, shard))
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(tables
+        .into_iter()
+        .flat_map(|t| t.moves)
+        .map(|e| (e.mv.from, e))
+        .collect())
 }
 
 /// A backup's view of the compacted index: fetches segments on demand, within a budget.

@@ -26,7 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cairn_formats::{IndexId, PackId, PackKind, PackMove, COMPACT_PREFIX, INDEX_PREFIX, MOVED_PREFIX};
+use cairn_formats::{IndexId, PackId, PackKind, COMPACT_PREFIX, INDEX_PREFIX};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
@@ -120,11 +120,6 @@ fn record_id(key: &str) -> Option<IndexId> {
     key.strip_prefix(INDEX_PREFIX)?.rsplit('/').next()?.parse().ok()
 }
 
-/// The pack a move (`index/moved/<hh>/<pack>`) is about.
-fn moved_pack(key: &str) -> Option<PackId> {
-    key.strip_prefix(MOVED_PREFIX)?.rsplit('/').next()?.parse().ok()
-}
-
 /// How to collect.
 #[derive(Clone, Debug)]
 pub struct GcOptions {
@@ -170,8 +165,8 @@ pub struct GcReport {
     pub deleted_packs: u64,
     /// Bytes deleted.
     pub deleted_bytes: u64,
-    /// Pack moves deleted (their old pack is no longer referenced).
-    pub deleted_moves: u64,
+    /// Moves in the current move table.
+    pub moves: u64,
     /// The compacted index set current after this run.
     pub compact_set: Option<String>,
     /// Segments this run wrote (0 when the set was already up to date).
@@ -297,8 +292,8 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
     // Mark. Listing the objects first and the references second means an object written after
     // the listing is simply not seen (and young), never mistaken for garbage.
     let records_listed = store.list(INDEX_PREFIX).await?;
-    let moves_listed = store.list(MOVED_PREFIX).await?;
     let packs_listed = store.list(PACKS_PREFIX).await?;
+    let mut table = crate::compact::read_moves(repo, state.compact.as_ref()).await?;
     let manifests = live_manifests(repo).await?;
     let mut live_records: HashSet<IndexId> = HashSet::new();
     for m in &manifests {
@@ -314,25 +309,26 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
     for (_, r) in &records {
         listed_packs.extend(r.packs.iter().map(|p| (p.pack, p.kind)));
     }
-    let moves: Vec<PackMove> = stream::iter(
-        moves_listed
-            .iter()
-            .filter_map(|o| moved_pack(&o.key))
-            .filter(|p| listed_packs.contains_key(p)),
-    )
-    .map(|p| async move { repo.pack_move(&p).await })
-    .buffer_unordered(READ_CONCURRENCY)
-    .try_collect::<Vec<Option<PackMove>>>()
-    .await?
-    .into_iter()
-    .flatten()
-    .collect();
+    // The move table: a move is kept while a live record lists its old pack, and for a window
+    // after the last one went (a backup may still cite a record that lists it, and resurrect it).
+    let mut table_changed = false;
+    table.retain(|p, e| {
+        let unused = match (listed_packs.contains_key(p), e.unused_since) {
+            (true, _) => None,
+            (false, None) => Some(now),
+            (false, Some(t)) => Some(t),
+        };
+        table_changed |= unused != e.unused_since;
+        e.unused_since = unused;
+        let keep = unused.is_none_or(|t| now - t <= protect);
+        table_changed |= !keep;
+        keep
+    });
     let mut live_packs: HashSet<PackId> = listed_packs.keys().copied().collect();
-    live_packs.extend(moves.iter().map(|m| m.to));
+    live_packs.extend(table.values().map(|e| e.mv.to));
     let referenced = |key: &str| {
         pack_id(key).is_some_and(|p| live_packs.contains(&p))
             || record_id(key).is_some_and(|r| live_records.contains(&r))
-            || moved_pack(key).is_some_and(|p| listed_packs.contains_key(&p))
     };
     let mut report = GcReport {
         snapshots: manifests.len() as u64,
@@ -344,7 +340,6 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
     // Sweep what earlier runs condemned.
     let listed: HashMap<&str, &crate::store::ObjectMeta> = records_listed
         .iter()
-        .chain(moves_listed.iter())
         .chain(packs_listed.iter())
         .map(|o| (o.key.as_str(), o))
         .collect();
@@ -365,15 +360,11 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
     }
     // Condemn what is unreferenced and older than the window.
     let already: HashSet<&str> = state.condemned.iter().map(|c| c.key.as_str()).collect();
-    for o in records_listed
-        .iter()
-        .chain(moves_listed.iter())
-        .chain(packs_listed.iter())
-    {
+    for o in records_listed.iter().chain(packs_listed.iter()) {
         if referenced(&o.key) || already.contains(o.key.as_str()) {
             continue;
         }
-        if pack_id(&o.key).is_none() && record_id(&o.key).is_none() && moved_pack(&o.key).is_none() {
+        if pack_id(&o.key).is_none() && record_id(&o.key).is_none() {
             continue; // not ours (a stray temp name): leave it
         }
         match o.modified {
@@ -397,7 +388,7 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
         opts.repack_below.unwrap_or(u64::from(targets.data) / 4),
         opts.repack_below.unwrap_or(u64::from(targets.meta) / 4),
     ];
-    let has_move: HashSet<PackId> = moves.iter().map(|m| m.from).collect();
+    let has_move: HashSet<PackId> = table.keys().copied().collect();
     let candidates: Vec<crate::repack::Candidate> = if opts.repack {
         packs_listed
             .iter()
@@ -420,7 +411,6 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
         .iter()
         .filter_map(|o| Some((pack_id(&o.key)?, o.size)))
         .collect();
-    let moved_listed: HashSet<PackId> = moves_listed.iter().filter_map(|o| moved_pack(&o.key)).collect();
     let listed_data = |p: &PackId| listed_packs.get(p) == Some(&PackKind::Data);
     let live = if opts.repack {
         Some(crate::repack::live_blobs(repo, &manifests, &records).await?)
@@ -431,7 +421,7 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
     let mut rewritten: Vec<String> = state
         .rewritten
         .iter()
-        .filter(|k| pack_id(k).is_some_and(|p| existing.contains_key(&p) || moved_listed.contains(&p)))
+        .filter(|k| pack_id(k).is_some_and(|p| existing.contains_key(&p) || has_move.contains(&p)))
         .cloned()
         .collect();
     let mut due: Vec<crate::repack::Sparse> = Vec::new();
@@ -497,12 +487,6 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
         .into_iter()
         .filter(|c| has_move.contains(&c.pack) || !rewriting.contains(&c.pack))
         .collect();
-    // The compacted index: rebuilt when the live records or the generation changed.
-    let digest = crate::compact::records_digest(&live_records.iter().copied().collect::<Vec<_>>());
-    let current = state
-        .compact
-        .clone()
-        .filter(|c| c.generation == report.generation && c.records == digest);
     if opts.dry_run {
         for c in &doomed {
             count_deleted(&mut report, c);
@@ -512,19 +496,56 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
         report.repacked_bytes = bytes;
         report.sparse_rewritten = due.len() as u64;
         report.sparse_bytes = due.iter().map(|d| d.size).sum();
-        report.compact_set = current.map(|c| c.name);
+        report.compact_set = state.compact.as_ref().map(|c| c.name.clone());
         return Ok(report);
     }
+
+    // Repack: new packs now; their moves go into the table of the set written next; the old
+    // packs are deleted only once `gc/state` names that set. Packs moved by an interrupted run
+    // (their move is in the table already) are only deleted.
+    let mut old_packs: Vec<(PackKind, PackId)> = candidates
+        .iter()
+        .filter(|c| has_move.contains(&c.pack))
+        .map(|c| (c.kind, c.pack))
+        .collect();
+    let fresh: Vec<_> = candidates
+        .into_iter()
+        .filter(|c| !has_move.contains(&c.pack))
+        .collect();
+    let mut moved = crate::repack::repack(repo, fresh, small).await?;
+    report.repacked_packs = moved.packs;
+    report.repacked_bytes = moved.bytes;
+    report.repack_written = moved.written;
+    if let (Some(live), false) = (&live, due.is_empty()) {
+        let r = crate::repack::rewrite_sparse(repo, due, live).await?;
+        report.sparse_rewritten = r.packs;
+        report.sparse_bytes = r.bytes;
+        report.repack_written += r.written;
+        moved.moves.extend(r.moves);
+    }
+    for e in moved.moves {
+        old_packs.push((e.mv.kind, e.mv.from));
+        table.insert(e.mv.from, e);
+        table_changed = true;
+    }
+
+    // The compacted index: rebuilt when the live records, the generation or the moves changed.
+    let digest = crate::compact::records_digest(&live_records.iter().copied().collect::<Vec<_>>());
+    let current = state
+        .compact
+        .clone()
+        .filter(|c| c.generation == report.generation && c.records == digest && !table_changed);
     let compact = match current {
         Some(c) => c,
         None => {
-            let c = crate::compact::write_set(repo, report.generation, &records).await?;
+            let c = crate::compact::write_set(repo, report.generation, &records, &table).await?;
             report.compact_segments = 1 << c.shard_bits;
             c
         }
     };
     report.compact_blobs = compact.blobs;
     report.compact_set = Some(compact.name.clone());
+    report.moves = compact.moves;
 
     // The lease must still be ours before anything is written.
     if store
@@ -559,10 +580,9 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
         }
         Err(e) => return Err(e),
     }
-    // Index records before moves before packs: nothing ever names an object that is gone.
-    let (recs, rest): (Vec<_>, Vec<_>) = doomed.into_iter().partition(|c| record_id(&c.key).is_some());
-    let (moved, packs): (Vec<_>, Vec<_>) = rest.into_iter().partition(|c| moved_pack(&c.key).is_some());
-    for batch in [recs, moved, packs] {
+    // Index records before packs: a record never names a pack that is gone unmoved.
+    let (recs, packs): (Vec<_>, Vec<_>) = doomed.into_iter().partition(|c| record_id(&c.key).is_some());
+    for batch in [recs, packs] {
         stream::iter(batch.iter())
             .map(|c| store.delete(&c.key))
             .buffer_unordered(READ_CONCURRENCY)
@@ -589,17 +609,12 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
         .buffer_unordered(READ_CONCURRENCY)
         .try_collect::<Vec<()>>()
         .await?;
-    // Small packs: new pack and moves first, old packs last.
-    let r = crate::repack::repack(repo, candidates, &has_move, small).await?;
-    report.repacked_packs = r.packs;
-    report.repacked_bytes = r.bytes;
-    report.repack_written = r.written;
-    if let (Some(live), false) = (&live, due.is_empty()) {
-        let r = crate::repack::rewrite_sparse(repo, due, live).await?;
-        report.sparse_rewritten = r.packs;
-        report.sparse_bytes = r.bytes;
-        report.repack_written += r.written;
-    }
+    // The repacked packs: the state names their moves now.
+    stream::iter(old_packs.iter())
+        .map(|(kind, p)| async move { store.delete(&cairn_formats::pack_key(*kind, p)).await })
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
     Ok(report)
 }
 
@@ -624,8 +639,6 @@ async fn live_manifests(repo: &Repo) -> Result<Vec<cairn_formats::Manifest>> {
 fn count_deleted(report: &mut GcReport, c: &Condemned) {
     if record_id(&c.key).is_some() {
         report.deleted_records += 1;
-    } else if moved_pack(&c.key).is_some() {
-        report.deleted_moves += 1;
     } else {
         report.deleted_packs += 1;
     }

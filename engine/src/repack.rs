@@ -1,23 +1,26 @@
-//! Repacking: small packs (short preStop backups make many) merged into full-size ones, and
-//! readers that find blobs whose pack was repacked.
+//! Repacking: small packs (short preStop backups make many) merged into full-size ones, mostly
+//! empty ones rewritten with only their live blobs, and readers that find blobs whose pack moved.
 //!
 //! Manifests name index records and records name packs; both are immutable, so a repack cannot
-//! rewrite the references to a pack it replaces. Instead it copies each small pack's whole blob
-//! region, byte for byte and in order, into a new pack, writes a move (`index/moved/<hh>/<pack>`:
-//! the new pack and the region's offset in it), and only then deletes the old pack. Every reader
-//! that gets "not found" for a pack looks for its move and reads the same range, shifted, from the
-//! new pack (a hop or two at most; a new pack is never small enough to be repacked again). A pack
-//! that is still there costs readers nothing extra.
+//! rewrite the references to a pack it replaces. Instead it copies whole blobs, byte for byte and
+//! in order, into a new pack, adds a move for each old pack (the new pack and where each copied
+//! range went) to the move table of the compacted index set it writes next, names that set in
+//! `gc/state`, and only then deletes the old packs. A reader that gets "not found" for a pack reads
+//! `gc/state`, the move-table shard of the current set that holds the pack, and reads the same
+//! ranges from the new pack. A pack that is still there costs readers nothing extra, and the move
+//! table costs a few objects however many packs moved.
 //!
-//! Garbage collection keeps a move and its new pack as long as a live record names the old pack,
-//! and condemns them like anything else once none does.
+//! Garbage collection carries each move from set to set while a live record lists the old pack,
+//! keeps the new pack live through it, and drops it a protection window after the last such record
+//! went (a backup could still resurrect one until then).
 
 use std::collections::HashSet;
 use std::ops::Range;
 
 use bytes::Bytes;
 use cairn_formats::{
-    move_key, pack_key, PackId, PackKind, PackMove, PackTrailer, PACK_FOOTER_LEN, PACK_HEADER_LEN, PACK_MAGIC,
+    pack_key, shard_of_bytes, MoveEntry, MovePiece, PackId, PackKind, PackMove, PackTrailer, PACK_FOOTER_LEN,
+    PACK_HEADER_LEN, PACK_MAGIC,
 };
 use futures::stream::{self, StreamExt, TryStreamExt};
 
@@ -30,10 +33,11 @@ use crate::{Error, Result};
 const MAX_HOPS: usize = 4;
 
 impl Repo {
-    /// The move of a repacked pack, if there is one (cached for the life of this handle).
+    /// The move of a repacked pack, if the current move table has one (each table shard read
+    /// is cached for the life of this handle).
     ///
     /// # Errors
-    /// Store errors; [`Error::Corrupt`] if the move does not decode or names another pack.
+    /// Store errors; [`Error::Corrupt`] if the table does not decode.
     pub async fn pack_move(&self, pack: &PackId) -> Result<Option<PackMove>> {
         if let Some(m) = self
             .moves()
@@ -43,22 +47,26 @@ impl Repo {
         {
             return Ok(Some(m.clone()));
         }
-        let key = move_key(pack);
-        let Some(got) = self.store().get_opt(&key).await? else {
-            return Ok(None);
-        };
-        let m = PackMove::decode(&got.data).map_err(|e| Error::format(&key, e))?;
-        if m.from != *pack {
-            return Err(Error::Corrupt {
-                object: key,
-                detail: format!("describes pack {}", m.from),
-            });
+        for attempt in 0..2 {
+            let (state, _) = crate::gc::GcState::read(self.store().as_ref()).await?;
+            let Some(set) = state.compact.filter(|s| s.moves > 0) else {
+                return Ok(None);
+            };
+            let shard = shard_of_bytes(pack.as_bytes(), set.move_bits);
+            match crate::compact::read_move_shard(self, &set, shard).await {
+                Ok(t) => {
+                    let mut cache = self.moves().lock().expect("invariant: lock not poisoned");
+                    for e in t.moves {
+                        cache.insert(e.mv.from, e.mv);
+                    }
+                    return Ok(cache.get(pack).cloned());
+                }
+                // The set was replaced (and the old one deleted) between the two reads.
+                Err(Error::NotFound { .. }) if attempt == 0 => {}
+                Err(e) => return Err(e),
+            }
         }
-        self.moves()
-            .lock()
-            .expect("invariant: lock not poisoned")
-            .insert(*pack, m.clone());
-        Ok(Some(m))
+        Ok(None)
     }
 
     /// Reads `range` of a pack (the whole pack with `None`), following moves if garbage
@@ -80,8 +88,15 @@ impl Repo {
             Err(Error::NotFound { .. }) => {}
             other => return other,
         }
-        let Some(m) = self.pack_move(pack).await? else {
-            return Err(Error::NotFound { key });
+        let m = match self.pack_move(pack).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(Error::NotFound { key }),
+            Err(e) => {
+                return Err(Error::Corrupt {
+                    object: key,
+                    detail: format!("gone from the store, and the move table cannot be read: {e}"),
+                })
+            }
         };
         let (range, mut out) = match range {
             Some(r) => {
@@ -106,8 +121,13 @@ impl Repo {
             }
             let Some(parts) = m.map(&want) else {
                 return Err(Error::Corrupt {
-                    object: move_key(&m.from),
-                    detail: format!("no moved range overlaps {}..{}", want.start, want.end),
+                    object: key,
+                    detail: format!(
+                        "repacked into {} without {}..{}, which a snapshot references",
+                        pack_key(kind, &m.to),
+                        want.start,
+                        want.end
+                    ),
                 });
             };
             // The pieces lie back to back in the new pack: one read covers them.
@@ -145,7 +165,7 @@ impl Repo {
                             .map(|p| {
                                 let start = p.offset.max(at);
                                 let stop = (p.offset + p.len).min(end);
-                                cairn_formats::MovePiece {
+                                MovePiece {
                                     offset: start - at + old.start,
                                     len: stop - start,
                                     at: p.at + (start - p.offset),
@@ -169,15 +189,17 @@ impl Repo {
     }
 }
 
-/// What one repack did.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+/// What one repack did, and what it leaves for after `gc/state` names the new move table.
+#[derive(Clone, Debug, Default)]
 pub struct RepackReport {
-    /// Small packs merged (and deleted).
+    /// Packs merged or rewritten.
     pub packs: u64,
     /// Their bytes.
     pub bytes: u64,
     /// New packs written.
     pub written: u64,
+    /// The moves to add to the table.
+    pub(crate) moves: Vec<MoveEntry>,
 }
 
 /// A live pack that may be repacked.
@@ -231,21 +253,10 @@ pub(crate) fn would_repack(
         .fold((0, 0), |(n, b), c| (n + 1, b + c.size))
 }
 
-/// Merges small live packs: new pack first, then the moves, then the old packs are deleted.
-/// `moved` lists packs that already have a move (an interrupted run): they are only deleted.
-pub(crate) async fn repack(
-    repo: &Repo,
-    cands: Vec<Candidate>,
-    moved: &HashSet<PackId>,
-    small: [u64; 2],
-) -> Result<RepackReport> {
+/// Merges small live packs into new ones (uploaded here) and returns their moves; the old packs
+/// are deleted by the caller once `gc/state` names a move table that has them.
+pub(crate) async fn repack(repo: &Repo, cands: Vec<Candidate>, small: [u64; 2]) -> Result<RepackReport> {
     let mut report = RepackReport::default();
-    let (done, cands): (Vec<_>, Vec<_>) = cands.into_iter().partition(|c| moved.contains(&c.pack));
-    for c in &done {
-        repo.store().delete(&pack_key(c.kind, &c.pack)).await?;
-        report.packs += 1;
-        report.bytes += c.size;
-    }
     for group in groups(repo, cands, small) {
         let kind = group[0].kind;
         let fetched: Vec<(Candidate, Bytes)> = stream::iter(group)
@@ -278,46 +289,56 @@ pub(crate) async fn repack(
             let end = data.len() as u64 - tlen - PACK_FOOTER_LEN;
             let region = &data[PACK_HEADER_LEN as usize..end as usize];
             let at = b.append_region(region, &trailer.blobs);
-            placed.push((c, at, region.len() as u64));
+            placed.push((
+                c.pack,
+                c.size,
+                vec![MovePiece {
+                    offset: PACK_HEADER_LEN,
+                    len: region.len() as u64,
+                    at,
+                }],
+            ));
         }
         if placed.len() < 2 {
             continue;
         }
-        let new = b.seal();
-        let (to, to_size) = (new.id, new.bytes.len() as u64);
-        repo.store()
-            .put_immutable(&pack_key(kind, &to), new.bytes)
-            .await?;
-        report.written += 1;
-        stream::iter(placed.iter())
-            .map(|(c, at, len)| {
-                let m = PackMove {
-                    from: c.pack,
-                    kind,
-                    to,
-                    to_size,
-                    pieces: vec![cairn_formats::MovePiece {
-                        offset: PACK_HEADER_LEN,
-                        len: *len,
-                        at: *at,
-                    }],
-                };
-                async move {
-                    repo.store()
-                        .put_immutable(&move_key(&m.from), Bytes::from(m.encode()))
-                        .await
-                }
-            })
-            .buffer_unordered(READ_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
-        for (c, _, _) in &placed {
-            repo.store().delete(&pack_key(c.kind, &c.pack)).await?;
-            report.packs += 1;
-            report.bytes += c.size;
-        }
+        seal_and_move(repo, kind, b, &mut placed, &mut report).await?;
     }
     Ok(report)
+}
+
+/// Seals and uploads the new pack and turns `placed` (old pack, its size, its pieces) into moves.
+async fn seal_and_move(
+    repo: &Repo,
+    kind: PackKind,
+    b: PackBuilder,
+    placed: &mut Vec<(PackId, u64, Vec<MovePiece>)>,
+    report: &mut RepackReport,
+) -> Result<()> {
+    if placed.is_empty() {
+        return Ok(());
+    }
+    let new = b.seal();
+    let (to, to_size) = (new.id, new.bytes.len() as u64);
+    repo.store()
+        .put_immutable(&pack_key(kind, &to), new.bytes)
+        .await?;
+    report.written += 1;
+    for (from, size, pieces) in placed.drain(..) {
+        report.moves.push(MoveEntry {
+            mv: PackMove {
+                from,
+                kind,
+                to,
+                to_size,
+                pieces,
+            },
+            unused_since: None,
+        });
+        report.packs += 1;
+        report.bytes += size;
+    }
+    Ok(())
 }
 
 /// Every blob the trees of `manifests` reference (chunks and the trees themselves), read through
@@ -399,8 +420,9 @@ pub(crate) struct Sparse {
 }
 
 /// Rewrites mostly-empty data packs: their live blobs (by `live`) copied into new packs, runs of
-/// adjacent live blobs as one piece each, then the moves, then the old packs deleted. Only packs
-/// that every backup has avoided for a whole protection window may be given (see `gc.rs`).
+/// adjacent live blobs as one piece each; returns the moves (the caller deletes the old packs once
+/// `gc/state` names a move table that has them). Only packs that every backup has avoided for a
+/// whole protection window may be given (see `gc.rs`).
 pub(crate) async fn rewrite_sparse(
     repo: &Repo,
     packs: Vec<Sparse>,
@@ -409,7 +431,7 @@ pub(crate) async fn rewrite_sparse(
     let mut report = RepackReport::default();
     let target = u64::from(repo.config().packs.data);
     let mut b = PackBuilder::new(PackKind::Data, target as usize);
-    let mut placed: Vec<(PackId, u64, Vec<cairn_formats::MovePiece>)> = Vec::new();
+    let mut placed: Vec<(PackId, u64, Vec<MovePiece>)> = Vec::new();
     for s in packs {
         let key = pack_key(PackKind::Data, &s.pack);
         let data = repo.store().get(&key).await?.data;
@@ -435,18 +457,13 @@ pub(crate) async fn rewrite_sparse(
         }
         let live_len: u64 = runs.iter().map(|(a, z, _)| z - a).sum();
         if !b.is_empty() && (b.len() as u64) + live_len > target {
-            flush_sparse(
-                repo,
-                std::mem::replace(&mut b, PackBuilder::new(PackKind::Data, target as usize)),
-                &mut placed,
-                &mut report,
-            )
-            .await?;
+            let full = std::mem::replace(&mut b, PackBuilder::new(PackKind::Data, target as usize));
+            seal_and_move(repo, PackKind::Data, full, &mut placed, &mut report).await?;
         }
         let mut pieces = Vec::new();
         for (start, end, es) in &runs {
             let at = b.append_range(&data[*start as usize..*end as usize], *start, es);
-            pieces.push(cairn_formats::MovePiece {
+            pieces.push(MovePiece {
                 offset: *start,
                 len: end - start,
                 at,
@@ -454,40 +471,6 @@ pub(crate) async fn rewrite_sparse(
         }
         placed.push((s.pack, s.size, pieces));
     }
-    flush_sparse(repo, b, &mut placed, &mut report).await?;
+    seal_and_move(repo, PackKind::Data, b, &mut placed, &mut report).await?;
     Ok(report)
-}
-
-/// Seals and uploads the new pack, writes the moves of `placed`, deletes the old packs.
-async fn flush_sparse(
-    repo: &Repo,
-    b: PackBuilder,
-    placed: &mut Vec<(PackId, u64, Vec<cairn_formats::MovePiece>)>,
-    report: &mut RepackReport,
-) -> Result<()> {
-    if placed.is_empty() {
-        return Ok(());
-    }
-    let new = b.seal();
-    let (to, to_size) = (new.id, new.bytes.len() as u64);
-    repo.store()
-        .put_immutable(&pack_key(PackKind::Data, &to), new.bytes)
-        .await?;
-    report.written += 1;
-    for (from, size, pieces) in placed.drain(..) {
-        let m = PackMove {
-            from,
-            kind: PackKind::Data,
-            to,
-            to_size,
-            pieces,
-        };
-        repo.store()
-            .put_immutable(&move_key(&from), Bytes::from(m.encode()))
-            .await?;
-        repo.store().delete(&pack_key(PackKind::Data, &from)).await?;
-        report.packs += 1;
-        report.bytes += size;
-    }
-    Ok(())
 }

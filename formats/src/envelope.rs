@@ -40,7 +40,7 @@ impl Kind {
             Kind::Head => "workspace head",
             Kind::Index => "index record",
             Kind::Segment => "index segment",
-            Kind::Move => "pack move",
+            Kind::Move => "move table",
         }
     }
 }

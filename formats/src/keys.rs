@@ -27,13 +27,11 @@ pub fn segment_key(set: &str, shard: u32) -> String {
 /// Prefix of every compacted index segment.
 pub const COMPACT_PREFIX: &str = "index/compact/";
 
-/// `index/moved/<hh>/<pack-id>`: where the blobs of a repacked pack are now.
-pub fn move_key(pack: &PackId) -> String {
-    format!("{MOVED_PREFIX}{}/{}", pack.fanout(), pack.to_hex())
+/// `index/compact/<set>/moves-<shard>`: one shard of a compacted set's move table (`<shard>` is
+/// 4 lower-case hex digits).
+pub fn move_table_key(set: &str, shard: u32) -> String {
+    format!("{COMPACT_PREFIX}{set}/moves-{shard:04x}")
 }
-
-/// Prefix of every pack move.
-pub const MOVED_PREFIX: &str = "index/moved/";
 
 /// `snapshots/<workspace>/<snapshot-id>`.
 pub fn snapshot_key(workspace: &str, id: &SnapshotId) -> String {

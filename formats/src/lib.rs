@@ -33,11 +33,14 @@ pub use error::FormatError;
 pub use id::{BlobId, IndexId, PackId, RepoId, SnapshotId};
 pub use index::{IndexPack, IndexRecord};
 pub use keys::{
-    head_key, index_key, move_key, pack_key, pack_prefix, segment_key, snapshot_key, snapshot_prefix,
-    COMPACT_PREFIX, CONFIG_KEY, HEADS_PREFIX, INDEX_PREFIX, MOVED_PREFIX,
+    head_key, index_key, move_table_key, pack_key, pack_prefix, segment_key, snapshot_key, snapshot_prefix,
+    COMPACT_PREFIX, CONFIG_KEY, HEADS_PREFIX, INDEX_PREFIX,
 };
 pub use pack::{Codec, PackEntry, PackKind, PackTrailer, PACK_FOOTER_LEN, PACK_HEADER_LEN, PACK_MAGIC};
-pub use segment::{shard_of, IndexSegment, MovePiece, PackMove, SegmentBlob, SegmentPack, MAX_SHARD_BITS};
+pub use segment::{
+    shard_of, shard_of_bytes, IndexSegment, MoveEntry, MovePiece, MoveTable, PackMove, SegmentBlob,
+    SegmentPack, MAX_SHARD_BITS,
+};
 pub use snapshot::{validate_workspace, Head, Manifest, SnapshotStats};
 pub use time::Timestamp;
 pub use tree::{validate_name, Entry, Extent, Meta, Node, Tree, Xattr, MAX_NAME_LEN};

@@ -11,10 +11,14 @@ pub const MAX_SHARD_BITS: u8 = 16;
 
 /// The shard of `id` among `2^bits`: the id's leading `bits` bits.
 pub fn shard_of(id: &BlobId, bits: u8) -> u32 {
+    shard_of_bytes(id.as_bytes(), bits)
+}
+
+/// The shard of a 32-byte id among `2^bits`: its leading `bits` bits.
+pub fn shard_of_bytes(b: &[u8; 32], bits: u8) -> u32 {
     if bits == 0 {
         return 0;
     }
-    let b = id.as_bytes();
     let lead = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     lead >> (32 - u32::from(bits.min(MAX_SHARD_BITS)))
 }
@@ -146,17 +150,12 @@ pub struct PackMove {
 }
 
 impl PackMove {
-    /// Encodes with the object header.
-    pub fn encode(&self) -> Vec<u8> {
-        envelope::encode(Kind::Move, self)
-    }
-
-    /// Decodes and validates (pieces inside both packs, increasing, disjoint).
+    /// Checks the pieces: inside both packs, increasing, disjoint.
     ///
     /// # Errors
-    /// Any [`FormatError`].
-    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let m: PackMove = envelope::decode(Kind::Move, bytes)?;
+    /// [`FormatError::Malformed`] naming the problem.
+    pub fn validate(&self) -> Result<(), FormatError> {
+        let m = self;
         let bad = |d: String| Err(FormatError::malformed("pack move", d));
         if m.from == m.to {
             return bad("moves a pack onto itself".into());
@@ -172,7 +171,7 @@ impl PackMove {
             old_end = p.offset.saturating_add(p.len);
             new_end = p.at + p.len;
         }
-        Ok(m)
+        Ok(())
     }
 
     /// The pieces that overlap `range` of the old pack, as (old range, new offset) clipped to
@@ -201,5 +200,67 @@ impl PackMove {
     /// The end of the last piece in the old pack (header length if none).
     pub fn old_end(&self) -> u64 {
         self.pieces.last().map_or(PACK_HEADER_LEN, |p| p.offset + p.len)
+    }
+}
+
+/// A move as garbage collection keeps it: with the store time since which no live index record
+/// lists the old pack (the move is dropped once that is longer ago than the protection window).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveEntry {
+    /// The move.
+    pub mv: PackMove,
+    /// Unix seconds by the store's clock since the old pack is unlisted, if it is.
+    pub unused_since: Option<i64>,
+}
+
+/// One shard of a compacted set's move table: the moves of every repacked pack whose id falls in
+/// the shard, sorted by old pack id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveTable {
+    /// How many leading id bits select the shard.
+    pub shard_bits: u8,
+    /// This shard.
+    pub shard: u32,
+    /// The moves.
+    pub moves: Vec<MoveEntry>,
+}
+
+impl MoveTable {
+    /// Encodes with the object header.
+    pub fn encode(&self) -> Vec<u8> {
+        envelope::encode(Kind::Move, self)
+    }
+
+    /// Decodes and validates: every move valid and in this shard, strictly increasing by old pack.
+    ///
+    /// # Errors
+    /// Any [`FormatError`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        const WHAT: &str = "move table";
+        let t: MoveTable = envelope::decode(Kind::Move, bytes)?;
+        if t.shard_bits > MAX_SHARD_BITS || u64::from(t.shard) >= 1u64 << t.shard_bits {
+            return Err(FormatError::malformed(
+                WHAT,
+                format!("shard {} of {} bits", t.shard, t.shard_bits),
+            ));
+        }
+        let mut prev: Option<&PackId> = None;
+        for e in &t.moves {
+            e.mv.validate()?;
+            if shard_of_bytes(e.mv.from.as_bytes(), t.shard_bits) != t.shard {
+                return Err(FormatError::malformed(
+                    WHAT,
+                    format!("pack {} is not in shard {}", e.mv.from.short(), t.shard),
+                ));
+            }
+            if prev.is_some_and(|p| p >= &e.mv.from) {
+                return Err(FormatError::malformed(
+                    WHAT,
+                    "moves not strictly increasing by pack",
+                ));
+            }
+            prev = Some(&e.mv.from);
+        }
+        Ok(t)
     }
 }

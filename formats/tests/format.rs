@@ -295,11 +295,29 @@ fn golden_v1_segment() {
     assert_eq!(IndexSegment::decode(&b).expect("decodes"), sample_segment());
 }
 
+fn sample_move_table() -> MoveTable {
+    let m = sample_move();
+    MoveTable {
+        shard_bits: 1,
+        shard: shard_of_bytes(m.from.as_bytes(), 1),
+        moves: vec![MoveEntry {
+            mv: m,
+            unused_since: Some(1_700_000_000),
+        }],
+    }
+}
+
 #[test]
-fn golden_v1_move() {
-    let b = sample_move().encode();
-    golden("move.bin", &b);
-    assert_eq!(PackMove::decode(&b).expect("decodes"), sample_move());
+fn golden_v1_move_table() {
+    let b = sample_move_table().encode();
+    golden("movetable.bin", &b);
+    assert_eq!(MoveTable::decode(&b).expect("decodes"), sample_move_table());
+    let mut wrong_shard = sample_move_table();
+    wrong_shard.shard ^= 1;
+    assert!(MoveTable::decode(&wrong_shard.encode()).is_err());
+    let mut bad_move = sample_move_table();
+    bad_move.moves[0].mv.to_size = 10;
+    assert!(MoveTable::decode(&bad_move.encode()).is_err());
 }
 
 #[test]
@@ -342,15 +360,16 @@ fn moves_map_ranges_piece_by_piece() {
     assert_eq!(m.map(&(0..8)), None, "the old header is not moved");
     assert_eq!(m.map(&(300..400)), None, "dropped bytes are gone");
     assert!(m.covers(&(520..540)) && !m.covers(&(190..520)));
+    assert!(m.validate().is_ok());
     let mut outside = m.clone();
     outside.to_size = 1250;
-    assert!(PackMove::decode(&outside.encode()).is_err());
+    assert!(outside.validate().is_err());
     let mut overlapping = m.clone();
     overlapping.pieces[1].offset = 100;
-    assert!(PackMove::decode(&overlapping.encode()).is_err());
+    assert!(overlapping.validate().is_err());
     let mut onto_itself = m;
     onto_itself.to = onto_itself.from;
-    assert!(PackMove::decode(&onto_itself.encode()).is_err());
+    assert!(onto_itself.validate().is_err());
 }
 
 #[test]
@@ -530,7 +549,7 @@ proptest! {
         let _ = Head::decode(&bytes);
         let _ = IndexRecord::decode(&bytes);
         let _ = IndexSegment::decode(&bytes);
-        let _ = PackMove::decode(&bytes);
+        let _ = MoveTable::decode(&bytes);
         let _ = PackTrailer::decode_pack(&bytes);
         let _ = PackTrailer::decode_tail(&bytes, bytes.len() as u64);
     }
@@ -539,7 +558,7 @@ proptest! {
     fn decoders_never_panic_on_mutations(which in 0usize..8, pos in any::<prop::sample::Index>(), val in any::<u8>(), cut in any::<prop::sample::Index>()) {
         let good = [sample_config().encode(), sample_tree().encode(), sample_manifest().encode(),
             Head { snapshot: SnapshotId(id32(1)), time: Timestamp::default() }.encode(), sample_index().encode(), sample_pack(),
-            sample_segment().encode(), sample_move().encode()];
+            sample_segment().encode(), sample_move_table().encode()];
         let mut b = good[which].clone();
         let i = pos.index(b.len());
         b[i] = val;
@@ -550,7 +569,7 @@ proptest! {
         let _ = Head::decode(b);
         let _ = IndexRecord::decode(b);
         let _ = IndexSegment::decode(b);
-        let _ = PackMove::decode(b);
+        let _ = MoveTable::decode(b);
         let _ = PackTrailer::decode_pack(b);
     }
 }
