@@ -431,6 +431,13 @@ async fn a_backup_deduplicates_against_other_workspaces_through_the_compacted_in
     let r = run_gc(&t.repo, Duration::from_secs(3600)).await;
     assert!(r.compact_blobs >= 20 && r.compact_segments >= 1, "{r:?}");
     assert!(keys(&t.store_dir(), "index/compact").len() as u64 >= r.compact_segments);
+    let st = cairn_engine::stats(&t.repo).await.expect("stats");
+    assert!(st.compact_objects >= 1, "{st:?}");
+    assert_eq!(
+        st.stored_bytes,
+        st.data_bytes + st.meta_bytes + st.index_bytes + st.compact_bytes,
+        "what the bucket bills includes the compacted index"
+    );
 
     // Another pod, unrelated to a (no parent, no base), installs the same libraries: only its own
     // file and its trees are new, and its snapshot cites a's record.

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use cairn_formats::{HEADS_PREFIX, INDEX_PREFIX};
+use cairn_formats::{COMPACT_PREFIX, HEADS_PREFIX, INDEX_PREFIX};
 use serde::Serialize;
 
 use crate::gc::GcState;
@@ -12,7 +12,7 @@ use crate::Result;
 /// Repository statistics.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RepoStats {
-    /// Bytes of every pack and index record: what the bucket bills.
+    /// Bytes of every pack, index record and compacted index object: what the bucket bills.
     pub stored_bytes: u64,
     /// Data packs and their bytes.
     pub data_packs: u64,
@@ -26,6 +26,10 @@ pub struct RepoStats {
     pub index_records: u64,
     /// Bytes of index records.
     pub index_bytes: u64,
+    /// Objects of the compacted index (segments and move tables of the current and previous set).
+    pub compact_objects: u64,
+    /// Their bytes.
+    pub compact_bytes: u64,
     /// Snapshots.
     pub snapshots: u64,
     /// Workspaces with a head.
@@ -61,9 +65,12 @@ pub async fn stats(repo: &Repo) -> Result<RepoStats> {
         } else if o.key.starts_with(INDEX_PREFIX) {
             s.index_records += 1;
             s.index_bytes += o.size;
+        } else if o.key.starts_with(COMPACT_PREFIX) {
+            s.compact_objects += 1;
+            s.compact_bytes += o.size;
         }
     }
-    s.stored_bytes = s.data_bytes + s.meta_bytes + s.index_bytes;
+    s.stored_bytes = s.data_bytes + s.meta_bytes + s.index_bytes + s.compact_bytes;
     let heads: HashSet<&str> = all
         .iter()
         .filter_map(|o| o.key.strip_prefix(HEADS_PREFIX))

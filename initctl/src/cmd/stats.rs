@@ -17,11 +17,12 @@ pub async fn run(g: &Global, _a: StatsArgs) -> Result<u8> {
         return Ok(exit::OK);
     }
     println!(
-        "stored        {} ({} data packs, {} metadata packs, {} index records)",
+        "stored        {} ({} data packs, {} metadata packs, {} index records, {} compacted index objects)",
         output::bytes(s.stored_bytes),
         s.data_packs,
         s.meta_packs,
-        s.index_records
+        s.index_records,
+        s.compact_objects
     );
     println!(
         "logical       {} in {} snapshots of {} workspaces",
