@@ -122,9 +122,7 @@ async fn gc_condemns_then_deletes_only_what_nothing_references_and_backups_avoid
         .try_restore("w", Some(&s1.snapshot), &t.scratch("gone"))
         .await
         .is_err());
-    let c = cairn_engine::check(&t.repo, true, Arc::new(Progress::default()))
-        .await
-        .expect("check");
+    let c = check_repo(&t.repo, true).await;
     assert!(c.errors.is_empty(), "{:?}", c.errors);
 
     // A dry run changes nothing; a second GC while one holds the lease is refused.
@@ -185,9 +183,7 @@ async fn a_backup_that_deduplicated_before_the_condemnation_resurrects_what_it_u
     let out = t.scratch("out");
     t.restore("w", Some(&b.snapshot), &out).await;
     assert_same_tree(&src, &out);
-    let c = cairn_engine::check(&t.repo, true, Arc::new(Progress::default()))
-        .await
-        .expect("check");
+    let c = check_repo(&t.repo, true).await;
     assert!(c.errors.is_empty(), "{:?}", c.errors);
 }
 
@@ -488,9 +484,7 @@ async fn a_backup_deduplicates_against_other_workspaces_through_the_compacted_in
     let out = t.scratch("out-b");
     t.restore("b", None, &out).await;
     assert_same_tree(&b, &out);
-    let c = cairn_engine::check(&t.repo, true, Arc::new(Progress::default()))
-        .await
-        .expect("check");
+    let c = check_repo(&t.repo, true).await;
     assert!(c.errors.is_empty(), "{:?}", c.errors);
 }
 
@@ -534,17 +528,11 @@ async fn small_packs_are_repacked_and_every_snapshot_still_restores() {
     // verifies the new packs in place of the old.
     let fresh = Repo::open(t.repo.store().clone()).await.expect("open");
     for (i, (id, copy)) in snaps.iter().enumerate() {
-        let (_, m) = fresh.resolve("w", Some(&id.to_hex())).await.expect("resolve");
         let out = t.scratch(&format!("out{i}"));
-        let opts = cairn_engine::RestoreOptions::new(&out);
-        cairn_engine::restore(&fresh, *id, &m, &opts, Arc::new(Progress::default()))
-            .await
-            .expect("restore");
+        restore_from(&fresh, "w", Some(id), &out).await.expect("restore");
         assert_same_tree(copy, &out);
     }
-    let c = cairn_engine::check(&t.repo, true, Arc::new(Progress::default()))
-        .await
-        .expect("check");
+    let c = check_repo(&t.repo, true).await;
     assert!(c.errors.is_empty() && c.moved_packs >= 6, "{c:?}");
 
     // A backup whose local index still knows the old packs, and its restore.
@@ -567,9 +555,7 @@ async fn small_packs_are_repacked_and_every_snapshot_still_restores() {
     let out = t.scratch("out-last");
     t.restore("w", Some(&r7.snapshot), &out).await;
     assert_same_tree(&src, &out);
-    let c = cairn_engine::check(&t.repo, true, Arc::new(Progress::default()))
-        .await
-        .expect("check");
+    let c = check_repo(&t.repo, true).await;
     assert!(c.errors.is_empty(), "{c:?}");
 }
 
@@ -591,23 +577,14 @@ async fn a_repacked_pack_without_its_move_fails_restore_and_check_by_name() {
         .expect("a move table");
     std::fs::remove_file(&table).expect("rm");
     let fresh = Repo::open(t.repo.store().clone()).await.expect("open");
-    let (id, m) = fresh.resolve("w", None).await.expect("resolve");
     let out = t.scratch("out");
-    let err = cairn_engine::restore(
-        &fresh,
-        id,
-        &m,
-        &cairn_engine::RestoreOptions::new(&out),
-        Arc::new(Progress::default()),
-    )
-    .await
-    .expect_err("a blob has nowhere to come from");
+    let err = restore_from(&fresh, "w", None, &out)
+        .await
+        .expect_err("a blob has nowhere to come from");
     let msg = err.to_string();
     assert!(msg.contains("packs/") && msg.contains("moves-"), "{msg}");
     assert!(!out.join(cairn_engine::RESTORE_MARKER).exists());
-    let c = cairn_engine::check(&fresh, false, Arc::new(Progress::default()))
-        .await
-        .expect("check");
+    let c = check_repo(&fresh, false).await;
     assert!(
         c.errors
             .iter()
@@ -698,22 +675,11 @@ async fn mostly_empty_packs_are_rewritten_a_window_later_keeping_what_late_backu
         ("other", fresh.snapshot, &fresh_src),
         ("late", late.snapshot, &late_src),
     ] {
-        let (_, m) = reader.resolve(ws, Some(&id.to_hex())).await.expect("resolve");
         let out = t.scratch(&format!("out-{ws}"));
-        cairn_engine::restore(
-            &reader,
-            id,
-            &m,
-            &cairn_engine::RestoreOptions::new(&out),
-            Arc::new(Progress::default()),
-        )
-        .await
-        .expect("restore");
+        restore_from(&reader, ws, Some(&id), &out).await.expect("restore");
         assert_same_tree(want, &out);
     }
-    let c = cairn_engine::check(&t.repo, true, Arc::new(Progress::default()))
-        .await
-        .expect("check");
+    let c = check_repo(&t.repo, true).await;
     assert!(c.errors.is_empty() && c.moved_packs >= 1, "{c:?}");
     // A later backup whose index still knows the old pack, and its restore.
     write(&src.join("d.bin"), &random_bytes(14, 20 << 10));

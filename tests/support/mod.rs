@@ -109,10 +109,7 @@ impl TestRepo {
         snapshot: Option<&SnapshotId>,
         target: &Path,
     ) -> cairn_engine::Result<RestoreReport> {
-        let s = snapshot.map(|s| s.to_hex());
-        let (id, m) = self.repo.resolve(ws, s.as_deref()).await?;
-        let opts = RestoreOptions::new(target);
-        restore(&self.repo, id, &m, &opts, Arc::new(Progress::default())).await
+        restore_from(&self.repo, ws, snapshot, target).await
     }
 
     /// Every file under the store, relative key -> path.
@@ -133,6 +130,27 @@ impl TestRepo {
         out.sort();
         out
     }
+}
+
+/// Restores `snapshot` (the head with `None`) of `ws` into `target` through `repo` (a test may
+/// open a fresh handle, with nothing cached).
+pub async fn restore_from(
+    repo: &Repo,
+    ws: &str,
+    snapshot: Option<&SnapshotId>,
+    target: &Path,
+) -> cairn_engine::Result<RestoreReport> {
+    let s = snapshot.map(|s| s.to_hex());
+    let (id, m) = repo.resolve(ws, s.as_deref()).await?;
+    let opts = RestoreOptions::new(target);
+    restore(repo, id, &m, &opts, Arc::new(Progress::default())).await
+}
+
+/// `check` of the whole repository (downloading every pack with `read_data`).
+pub async fn check_repo(repo: &Repo, read_data: bool) -> cairn_engine::CheckReport {
+    cairn_engine::check(repo, read_data, Arc::new(Progress::default()))
+        .await
+        .expect("check")
 }
 
 pub fn is_root() -> bool {
