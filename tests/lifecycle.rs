@@ -3,11 +3,12 @@
 //! health and metrics; and a backup killed with SIGKILL mid-way.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::servers::free_port;
 use crate::support::*;
 
 /// A repository on a local store, a workspace, and a running `sidecar run`.
@@ -122,14 +123,6 @@ impl Drop for Pod {
             let _ = c.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// Waits until the sidecar on `port` answers `/readyz` with 200, failing at `deadline`.

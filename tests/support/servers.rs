@@ -50,7 +50,8 @@ pub fn venv_python() -> PathBuf {
     venv.join("bin/python")
 }
 
-fn free_port() -> u16 {
+/// A TCP port free on the loopback interface right now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
