@@ -23,6 +23,17 @@ pub fn shard_of_bytes(b: &[u8; 32], bits: u8) -> u32 {
     lead >> (32 - u32::from(bits.min(MAX_SHARD_BITS)))
 }
 
+/// Checks that `shard` is one of `2^bits` shards, and `bits` at most [`MAX_SHARD_BITS`].
+fn check_shard(what: &'static str, bits: u8, shard: u32) -> Result<(), FormatError> {
+    if bits > MAX_SHARD_BITS || u64::from(shard) >= 1u64 << bits {
+        return Err(FormatError::malformed(
+            what,
+            format!("shard {shard} of {bits} bits"),
+        ));
+    }
+    Ok(())
+}
+
 /// A pack a segment locates blobs in, and the index record that lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentPack {
@@ -74,12 +85,7 @@ impl IndexSegment {
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         const WHAT: &str = "index segment";
         let s: IndexSegment = envelope::decode(Kind::Segment, bytes)?;
-        if s.shard_bits > MAX_SHARD_BITS || u64::from(s.shard) >= 1u64 << s.shard_bits {
-            return Err(FormatError::malformed(
-                WHAT,
-                format!("shard {} of {} bits", s.shard, s.shard_bits),
-            ));
-        }
+        check_shard(WHAT, s.shard_bits, s.shard)?;
         for p in &s.packs {
             if p.record as usize >= s.records.len() {
                 return Err(FormatError::malformed(
@@ -238,12 +244,7 @@ impl MoveTable {
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         const WHAT: &str = "move table";
         let t: MoveTable = envelope::decode(Kind::Move, bytes)?;
-        if t.shard_bits > MAX_SHARD_BITS || u64::from(t.shard) >= 1u64 << t.shard_bits {
-            return Err(FormatError::malformed(
-                WHAT,
-                format!("shard {} of {} bits", t.shard, t.shard_bits),
-            ));
-        }
+        check_shard(WHAT, t.shard_bits, t.shard)?;
         let mut prev: Option<&PackId> = None;
         for e in &t.moves {
             e.mv.validate()?;
