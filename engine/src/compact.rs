@@ -168,16 +168,15 @@ pub(crate) async fn write_set(
     let name = format!("{generation:08}-{:016x}", rand::random::<u64>());
     let blobs = segments.iter().map(|s| s.blobs.len() as u64).sum();
     let move_bits = shard_bits_for(moves.len() as u64);
-    let mut tables: Vec<MoveTable> = (0..1u32 << move_bits)
+    // No table at all without moves (`CompactSet::moves` = 0 tells readers so).
+    let shards = if moves.is_empty() { 0 } else { 1u32 << move_bits };
+    let mut tables: Vec<MoveTable> = (0..shards)
         .map(|shard| MoveTable {
             shard_bits: move_bits,
             shard,
             moves: Vec::new(),
         })
         .collect();
-    if moves.is_empty() {
-        tables.clear();
-    }
     for e in moves.values() {
         tables[shard_of_bytes(e.mv.from.as_bytes(), move_bits) as usize]
             .moves

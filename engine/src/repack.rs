@@ -271,22 +271,9 @@ pub(crate) async fn repack(repo: &Repo, cands: Vec<Candidate>, small: [u64; 2]) 
         let mut b = PackBuilder::new(kind, total);
         let mut placed = Vec::new();
         for (c, data) in &fetched {
-            let key = pack_key(c.kind, &c.pack);
-            // Only a pack that is exactly what its name says is copied; anything else stays for
-            // `check` to report.
-            if PackId::of(data) != c.pack {
-                tracing::warn!(%key, "pack does not hash to its id; not repacked");
+            let Some((trailer, end)) = verified(c.kind, &c.pack, data) else {
                 continue;
-            }
-            let trailer = match PackTrailer::decode_pack(data) {
-                Ok(t) if t.kind == kind => t,
-                _ => {
-                    tracing::warn!(%key, "pack trailer unreadable; not repacked");
-                    continue;
-                }
             };
-            let tlen = u64::from(PackTrailer::trailer_len(data).map_err(|e| Error::format(&key, e))?);
-            let end = data.len() as u64 - tlen - PACK_FOOTER_LEN;
             let region = &data[PACK_HEADER_LEN as usize..end as usize];
             let at = b.append_region(region, &trailer.blobs);
             placed.push((
@@ -305,6 +292,25 @@ pub(crate) async fn repack(repo: &Repo, cands: Vec<Candidate>, small: [u64; 2]) 
         seal_and_move(repo, kind, b, &mut placed, &mut report).await?;
     }
     Ok(report)
+}
+
+/// A fetched pack's trailer and where its blob region ends, if the pack is exactly what its name
+/// says (id, trailer, kind). Anything else is left in place, with a warning, for `check` to report.
+fn verified(kind: PackKind, pack: &PackId, data: &[u8]) -> Option<(PackTrailer, u64)> {
+    let key = pack_key(kind, pack);
+    if PackId::of(data) != *pack {
+        tracing::warn!(%key, "pack does not hash to its id; not repacked");
+        return None;
+    }
+    match (PackTrailer::decode_pack(data), PackTrailer::trailer_len(data)) {
+        (Ok(t), Ok(tlen)) if t.kind == kind => {
+            Some((t, data.len() as u64 - u64::from(tlen) - PACK_FOOTER_LEN))
+        }
+        _ => {
+            tracing::warn!(%key, "pack trailer unreadable; not repacked");
+            None
+        }
+    }
 }
 
 /// Seals and uploads the new pack and turns `placed` (old pack, its size, its pieces) into moves.
@@ -435,12 +441,7 @@ pub(crate) async fn rewrite_sparse(
     for s in packs {
         let key = pack_key(PackKind::Data, &s.pack);
         let data = repo.store().get(&key).await?.data;
-        if PackId::of(&data) != s.pack {
-            tracing::warn!(%key, "pack does not hash to its id; not rewritten");
-            continue;
-        }
-        let Ok(trailer) = PackTrailer::decode_pack(&data) else {
-            tracing::warn!(%key, "pack trailer unreadable; not rewritten");
+        let Some((trailer, _)) = verified(PackKind::Data, &s.pack, &data) else {
             continue;
         };
         // Runs of adjacent live blobs.
