@@ -279,3 +279,40 @@ async fn chunk_that_does_not_match_its_id_is_never_written() {
     );
     assert!(cairn_engine::read_marker(&target).is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_chunk_that_no_longer_matches_is_fetched_instead() {
+    // Snapshot A has `f`; snapshot B has the same content as `h`. Restoring B over A stages `f`
+    // and copies `h`'s chunks from it, each checked against its id. Bytes changed on disk behind
+    // the marker's back fail that check and are fetched from the store instead.
+    let t = TestRepo::new().await;
+    let src = t.scratch("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    let content = random_bytes(7, 600 << 10);
+    std::fs::write(src.join("f"), &content).expect("write");
+    let a = t.backup("ws", &src).await.snapshot;
+    std::fs::rename(src.join("f"), src.join("h")).expect("mv");
+    let b = t.backup("ws", &src).await.snapshot;
+
+    let target = t.scratch("target");
+    t.restore("ws", Some(&a), &target).await;
+    let mut tampered = content.clone();
+    tampered[300 << 10] ^= 0xff;
+    std::fs::write(target.join("f"), &tampered).expect("tamper");
+
+    let (id, manifest) = t.repo.resolve("ws", Some(&b.to_hex())).await.expect("resolve");
+    let (_, previous) = t.repo.resolve("ws", Some(&a.to_hex())).await.expect("resolve");
+    let mut opts = cairn_engine::RestoreOptions::new(&target);
+    opts.previous = Some((a, previous));
+    let r = cairn_engine::restore(&t.repo, id, &manifest, &opts, Default::default())
+        .await
+        .expect("restore");
+    assert!(r.update, "{r:?}");
+    assert!(r.reused > 0, "the untouched chunks come from disk: {r:?}");
+    assert!(r.fetched > 0, "the changed chunk is fetched: {r:?}");
+    assert!(r.reused < content.len() as u64, "{r:?}");
+    assert_eq!(r.bytes, content.len() as u64, "{r:?}");
+    assert_eq!(std::fs::read(target.join("h")).expect("read"), content);
+    assert!(!target.join("f").exists());
+    assert!(!target.join(".cairn-staging").exists());
+}

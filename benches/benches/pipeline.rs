@@ -75,7 +75,9 @@ fn compression(c: &mut Criterion) {
         });
         let enc = encode_blob(id, &data, 3);
         g.bench_with_input(BenchmarkId::new("decode_verify", name), &enc, |b, e| {
-            b.iter(|| cairn_engine::decode_blob("bench", &id, &e.data, e.raw_len, e.codec).expect("valid"))
+            b.iter(|| {
+                cairn_engine::decode_blob(|| "bench".into(), &id, &e.data, e.raw_len, e.codec).expect("valid")
+            })
         });
     }
     g.finish();

@@ -264,7 +264,7 @@ fn verify_pack(key: &str, id: &PackId, data: &[u8]) -> Vec<String> {
         let r = b.range();
         let stored = &data[r.start as usize..r.end as usize];
         if let Err(e) = decode_blob(
-            &format!("blob {} in {key}", b.id.short()),
+            || format!("blob {} in {key}", b.id.short()),
             &b.id,
             stored,
             b.raw_len,

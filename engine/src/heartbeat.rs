@@ -6,6 +6,7 @@
 //! over after one read. Heartbeats are operational state, not backup data: JSON, outside the
 //! versioned format, and never read by backup or restore.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -132,13 +133,22 @@ impl HeartbeatWriter {
 /// # Errors
 /// Store errors; a heartbeat that does not parse is [`Error::Corrupt`].
 pub async fn heartbeats(repo: &Repo, workspace: Option<&str>) -> Result<Vec<Heartbeat>> {
+    heartbeats_in(repo.store(), workspace).await
+}
+
+/// [`heartbeats`] from a store not opened as a repository yet (so the listing can share a round
+/// trip with reading the repository's config).
+///
+/// # Errors
+/// As [`heartbeats`].
+pub async fn heartbeats_in(store: &Arc<dyn Store>, workspace: Option<&str>) -> Result<Vec<Heartbeat>> {
     let prefix = match workspace {
         Some(ws) => format!("{HEARTBEATS_PREFIX}{ws}/"),
         None => HEARTBEATS_PREFIX.to_string(),
     };
     let mut out = Vec::new();
-    for o in repo.store().list(&prefix).await? {
-        let got = match repo.store().get(&o.key).await {
+    for o in store.list(&prefix).await? {
+        let got = match store.get(&o.key).await {
             Ok(g) => g,
             Err(Error::NotFound { .. }) => continue,
             Err(e) => return Err(e),

@@ -53,7 +53,8 @@ pub use forget::{forget, forget_workspace, Decision, ForgetReport, KeepPolicy};
 pub use fork::{fork, ForkReport};
 pub use gc::{gc, Condemned, GcOptions, GcReport, GcState, GcView, GC_LEASE_KEY, GC_STATE_KEY};
 pub use heartbeat::{
-    heartbeat_key, heartbeats, pod_host, unix_now, Heartbeat, HeartbeatWriter, HEARTBEATS_PREFIX,
+    heartbeat_key, heartbeats, heartbeats_in, pod_host, unix_now, Heartbeat, HeartbeatWriter,
+    HEARTBEATS_PREFIX,
 };
 pub use index::{BlobLocation, LocalIndex, PackInfo, StatEntry};
 pub use meta::is_root;

@@ -126,14 +126,14 @@ mod tests {
         for (e, raw) in t.blobs.iter().zip(&blobs) {
             let r = e.range();
             let got = decode_blob(
-                "p",
+                || "p".into(),
                 &e.id,
                 &p.bytes[r.start as usize..r.end as usize],
                 e.raw_len,
                 e.codec,
             )
             .expect("blob decodes");
-            assert_eq!(&got, raw);
+            assert_eq!(&got[..], &raw[..]);
         }
         assert_eq!(p.id, PackId::of(&p.bytes));
     }

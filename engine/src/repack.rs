@@ -394,7 +394,7 @@ pub(crate) async fn live_blobs(
                 detail: format!("tree {} lies beyond the pack", id.short()),
             })?;
         let raw = crate::compress::decode_blob(
-            &format!("tree {} in {key}", id.short()),
+            || format!("tree {} in {key}", id.short()),
             &id,
             stored,
             e.raw_len,

@@ -113,14 +113,37 @@ impl Repo {
     pub async fn open_waiting(
         url: &str,
         wait: Option<std::time::Duration>,
-        mut on_retry: impl FnMut(&Error, std::time::Duration),
+        on_retry: impl FnMut(&Error, std::time::Duration),
     ) -> Result<Repo> {
+        let (repo, ()) = Repo::open_waiting_and(url, wait, on_retry, |_| async { Ok(()) }).await?;
+        Ok(repo)
+    }
+
+    /// [`Repo::open_waiting`], running `first` on the store while the config is read, so a
+    /// command's first read costs no round trip of its own (a restore lists heartbeats so).
+    ///
+    /// # Errors
+    /// As [`Repo::open_waiting`]; `first`'s errors are retried like the config read's.
+    pub async fn open_waiting_and<T, F, Fut>(
+        url: &str,
+        wait: Option<std::time::Duration>,
+        mut on_retry: impl FnMut(&Error, std::time::Duration),
+        first: F,
+    ) -> Result<(Repo, T)>
+    where
+        F: Fn(Arc<dyn Store>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         let deadline = wait.map(|w| std::time::Instant::now() + w);
         let mut delay = std::time::Duration::from_millis(200);
         loop {
-            let opened = async { Repo::open(crate::store::open_store(url).await?).await }.await;
+            let opened = async {
+                let store = crate::store::open_store(url).await?;
+                tokio::try_join!(Repo::open(store.clone()), first(store))
+            }
+            .await;
             match opened {
-                Ok(repo) => return Ok(repo),
+                Ok(got) => return Ok(got),
                 Err(e @ (Error::Invalid(_) | Error::NoRepository { .. })) => return Err(e),
                 Err(e) => {
                     if deadline.is_some_and(|d| std::time::Instant::now() + delay > d) {

@@ -43,13 +43,16 @@ use crate::tree::SnapshotTrees;
 use crate::volume::{self, RestoreMarker};
 use crate::{Error, Result, RESTORE_MARKER};
 
-/// Pack reads in flight at once.
+/// Pack reads in flight at once, at most.
 const FETCH_CONCURRENCY: usize = 8;
+/// Fetched bytes not yet written, at most (in MiB): with 8 MiB reads from S3 or GCS, four reads
+/// in flight keep a restore CPU-bound at 20 ms per request while holding 32 MiB.
+const FETCH_BUDGET_MIB: u32 = 32;
 /// Blobs closer than this in a pack are fetched in one read (the gap is read and discarded).
 const COALESCE_GAP: u64 = 256 << 10;
 // The largest single read comes from the store (`Store::read_size`): 1 MiB locally, where a
-// request costs nothing and smaller runs spread decoding across threads; 4 MiB on S3 and GCS,
-// where each request has a price and a first-byte latency.
+// request costs nothing and smaller runs spread decoding across threads; 8 MiB (a whole data
+// pack) on S3 and GCS, where each request has a price and a first-byte latency.
 
 /// Where and how to restore.
 #[derive(Clone, Debug)]
@@ -237,6 +240,7 @@ pub async fn restore_with_trees(
     .await
     .map_err(|e| Error::Invalid(format!("restore planner panicked: {e}")))??;
     let mut plan = plan;
+    phase(started, "planned");
     let mut report = RestoreReport {
         files: plan.files.len() as u64,
         dirs: plan.dirs.len() as u64,
@@ -246,9 +250,25 @@ pub async fn restore_with_trees(
         ..RestoreReport::default()
     };
 
-    // Create every file at its final size (holes stay holes).
+    // Reads start now, while the files are created: the first ones are in flight (and their
+    // latency spent) by the time there is somewhere to write them.
     let local = std::mem::take(&mut plan.local);
     let plan = Arc::new(plan);
+    let max_read = repo.store().read_size();
+    let budget = Arc::new(Budget::new());
+    let jobs = fetch_jobs(&trees, plan.needs.iter(), max_read)?;
+    let (created_tx, created) = tokio::sync::watch::channel(false);
+    let fetching = tokio::spawn(fetch(
+        repo.clone(),
+        plan.clone(),
+        progress.clone(),
+        budget.clone(),
+        jobs,
+        created,
+    ));
+    let mut fetching = AbortOnDrop(fetching);
+
+    // Create every file at its final size (holes stay holes).
     let p = plan.clone();
     let failed = tokio::task::spawn_blocking(move || -> Result<(Vec<LocalNeed>, u64)> {
         p.files
@@ -271,11 +291,13 @@ pub async fn restore_with_trees(
     .await
     .map_err(|e| Error::Invalid(format!("restore worker panicked: {e}")))??;
     let (failed, reused) = failed;
+    phase(started, "files created");
     report.reused = reused;
     Progress::add(&progress.bytes, reused);
 
-    // Fetch, verify and write content.
-    let max_read = repo.store().read_size();
+    // Fetch, verify and write content: what the plan needs (already in flight), then what the
+    // staged copies could not supply.
+    let _ = created_tx.send(true);
     let mut extra: HashMap<PackId, Vec<Need>> = HashMap::new();
     for n in failed {
         let loc = trees.locations().get(&n.id)?;
@@ -285,41 +307,27 @@ pub async fn restore_with_trees(
             offset: n.offset,
         });
     }
-    let mut jobs = Vec::new();
-    for (pack, needs) in plan.needs.iter().chain(extra.iter()) {
-        let kind = trees.locations().get(&needs[0].entry.id)?.kind;
-        for run in coalesce(needs, max_read) {
-            jobs.push((*pack, kind, run));
-        }
-    }
-    let fetched: Vec<(u64, u64)> = stream::iter(jobs)
-        .map(|(pack, kind, run)| {
-            let (repo, plan, progress) = (repo.clone(), plan.clone(), progress.clone());
-            async move {
-                let key = pack_key(kind, &pack);
-                let data = repo.read_pack(kind, &pack, Some(run.range.clone())).await?;
-                Progress::add(&progress.transferred, data.len() as u64);
-                let fetched = data.len() as u64;
-                // Decode and write on the rayon pool: as many threads as cores, so buffers are
-                // reused by few allocator arenas while many reads stay in flight.
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                rayon::spawn(move || {
-                    let _ = tx.send(write_run(&plan, &key, &run, &data, &progress));
-                });
-                let written = rx
-                    .await
-                    .map_err(|_| Error::Invalid("restore worker panicked".into()))??;
-                Ok::<_, Error>((fetched, written))
-            }
-        })
-        .buffer_unordered(FETCH_CONCURRENCY)
-        .try_collect()
+    let (mut fetched, mut written) = (&mut fetching.0)
+        .await
+        .map_err(|e| Error::Invalid(format!("restore fetcher panicked: {e}")))??;
+    if !extra.is_empty() {
+        let jobs = fetch_jobs(&trees, extra.iter(), max_read)?;
+        let (_done, created) = tokio::sync::watch::channel(true);
+        let (f, w) = fetch(
+            repo.clone(),
+            plan.clone(),
+            progress.clone(),
+            budget,
+            jobs,
+            created,
+        )
         .await?;
-    report.bytes = reused;
-    for (f, w) in fetched {
-        report.fetched += f;
-        report.bytes += w;
+        fetched += f;
+        written += w;
     }
+    report.fetched = fetched;
+    report.bytes = reused + written;
+    phase(started, "content written");
 
     // Hard links, metadata (deepest directories last), sync, marker, then the root's own metadata.
     let p = plan.clone();
@@ -362,6 +370,7 @@ pub async fn restore_with_trees(
     // Everything above changed ctimes before this instant; anything later is the workload's.
     volume::mark_synced(&target, &mut marker)?;
     volume::rewrite_marker(&target, &marker)?;
+    phase(started, "metadata applied, synced, marked");
 
     if let Some((index, synced)) = seed_index {
         let seeded = async {
@@ -382,8 +391,115 @@ pub async fn restore_with_trees(
             }
         }
     }
+    phase(started, "index seeded");
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Logs the end of a restore phase (debug level: `RUST_LOG=cairn_engine::restore=debug`).
+fn phase(started: Instant, what: &str) {
+    tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "restore: {what}");
+}
+
+/// One read of a pack: its key's kind and the run of blobs it covers.
+type Job = (PackId, PackKind, Run);
+
+/// The reads that fetch `needs` (per pack), each at most `max_read` bytes.
+fn fetch_jobs<'a>(
+    trees: &SnapshotTrees,
+    needs: impl Iterator<Item = (&'a PackId, &'a Vec<Need>)>,
+    max_read: u64,
+) -> Result<Vec<Job>> {
+    let mut jobs = Vec::new();
+    for (pack, needs) in needs {
+        let kind = trees.locations().get(&needs[0].entry.id)?.kind;
+        for run in coalesce(needs, max_read) {
+            jobs.push((*pack, kind, run));
+        }
+    }
+    Ok(jobs)
+}
+
+/// Fetched-but-unwritten data allowed at once, in MiB ([`FETCH_BUDGET_MIB`]).
+struct Budget {
+    mib: tokio::sync::Semaphore,
+    total: u32,
+}
+
+impl Budget {
+    fn new() -> Self {
+        Budget {
+            mib: tokio::sync::Semaphore::new(FETCH_BUDGET_MIB as usize),
+            total: FETCH_BUDGET_MIB,
+        }
+    }
+
+    /// Waits until `bytes` more may be in flight (a read larger than the whole budget waits for
+    /// all of it).
+    async fn hold(&self, bytes: u64) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        let mib = u32::try_from(bytes.div_ceil(1 << 20))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total);
+        self.mib
+            .acquire_many(mib)
+            .await
+            .map_err(|_| Error::Invalid("restore fetch budget closed".into()))
+    }
+}
+
+/// Fetches `jobs` (up to [`FETCH_CONCURRENCY`] reads and the budget's bytes in flight), and once
+/// `created` says the files exist, verifies and writes each on the rayon pool. Returns the bytes
+/// fetched and written.
+async fn fetch(
+    repo: Repo,
+    plan: Arc<Plan>,
+    progress: Arc<Progress>,
+    budget: Arc<Budget>,
+    jobs: Vec<Job>,
+    created: tokio::sync::watch::Receiver<bool>,
+) -> Result<(u64, u64)> {
+    let done: Vec<(u64, u64)> = stream::iter(jobs)
+        .map(|(pack, kind, run)| {
+            let (repo, plan, progress, budget) =
+                (repo.clone(), plan.clone(), progress.clone(), budget.clone());
+            let mut created = created.clone();
+            async move {
+                let _held = budget.hold(run.range.end - run.range.start).await?;
+                let key = pack_key(kind, &pack);
+                let data = repo.read_pack(kind, &pack, Some(run.range.clone())).await?;
+                Progress::add(&progress.transferred, data.len() as u64);
+                let fetched = data.len() as u64;
+                created
+                    .wait_for(|c| *c)
+                    .await
+                    .map_err(|_| Error::Invalid("restore ended before the files were created".into()))?;
+                // Decode and write on the rayon pool: as many threads as cores, so buffers are
+                // reused by few allocator arenas while many reads stay in flight.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                rayon::spawn(move || {
+                    let written = write_run(&plan, &key, &run, &data, &progress);
+                    drop(data); // back to the store's buffers before the next read is let in
+                    let _ = tx.send(written);
+                });
+                let written = rx
+                    .await
+                    .map_err(|_| Error::Invalid("restore worker panicked".into()))??;
+                Ok::<_, Error>((fetched, written))
+            }
+        })
+        .buffer_unordered(FETCH_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(done.into_iter().fold((0, 0), |(f, w), (a, b)| (f + a, w + b)))
+}
+
+/// A spawned task that is cancelled if the restore returns early (an error) before awaiting it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Records every restored file's identity and content in the stat cache.
@@ -860,7 +976,7 @@ fn write_run(plan: &Plan, key: &str, run: &Run, data: &[u8], progress: &Progress
         let start = (e.offset - run.range.start) as usize;
         let stored = &data[start..start + e.stored_len as usize];
         let raw = decode_blob(
-            &format!("blob {} in {key}", e.id.short()),
+            || format!("blob {} in {key}", e.id.short()),
             &e.id,
             stored,
             e.raw_len,

@@ -96,7 +96,7 @@ impl SnapshotTrees {
                 ),
             })?;
         let raw = decode_blob(
-            &format!("tree {} in {key}", id.short()),
+            || format!("tree {} in {key}", id.short()),
             id,
             stored,
             loc.entry.raw_len,

@@ -1,9 +1,12 @@
 //! Request counting: the outermost store layer counts what this process asked of the store (one
-//! per call, retries below it not included), for `--json` reports, metrics and benchmarks.
+//! per call, retries below it not included), for `--json` reports, metrics and benchmarks. With
+//! `RUST_LOG=cairn::requests=debug` it also logs each request as it ends: what, which key, how
+//! many bytes, how long (retries included).
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -82,6 +85,17 @@ fn add(a: &AtomicU64, n: u64) {
     a.fetch_add(n, Ordering::Relaxed);
 }
 
+/// Logs one finished request (at debug level, target `cairn::requests`).
+fn log<T>(op: &str, key: &str, started: Instant, r: &Result<T>, bytes: impl Fn(&T) -> usize) {
+    if tracing::enabled!(target: "cairn::requests", tracing::Level::DEBUG) {
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        match r {
+            Ok(v) => tracing::debug!(target: "cairn::requests", op, key, bytes = bytes(v), ms),
+            Err(e) => tracing::debug!(target: "cairn::requests", op, key, ms, error = %e),
+        }
+    }
+}
+
 /// Counts requests into the process-wide counters.
 #[derive(Debug)]
 pub struct CountingStore {
@@ -99,37 +113,55 @@ impl CountingStore {
 impl Store for CountingStore {
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<Version> {
         add(&COUNTS.put, 1);
-        add(&COUNTS.bytes_up, data.len() as u64);
-        self.inner.put(key, data, mode).await
+        let (len, started) = (data.len(), Instant::now());
+        add(&COUNTS.bytes_up, len as u64);
+        let r = self.inner.put(key, data, mode).await;
+        log("put", key, started, &r, |_| len);
+        r
     }
 
     async fn get(&self, key: &str) -> Result<GetResult> {
         add(&COUNTS.get, 1);
-        let r = self.inner.get(key).await?;
+        let started = Instant::now();
+        let r = self.inner.get(key).await;
+        log("get", key, started, &r, |r| r.data.len());
+        let r = r?;
         add(&COUNTS.bytes_down, r.data.len() as u64);
         Ok(r)
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         add(&COUNTS.get_range, 1);
-        let r = self.inner.get_range(key, range).await?;
+        let started = Instant::now();
+        let r = self.inner.get_range(key, range).await;
+        log("get_range", key, started, &r, Bytes::len);
+        let r = r?;
         add(&COUNTS.bytes_down, r.len() as u64);
         Ok(r)
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
         add(&COUNTS.head, 1);
-        self.inner.head(key).await
+        let started = Instant::now();
+        let r = self.inner.head(key).await;
+        log("head", key, started, &r, |_| 0);
+        r
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         add(&COUNTS.list, 1);
-        self.inner.list(prefix).await
+        let started = Instant::now();
+        let r = self.inner.list(prefix).await;
+        log("list", prefix, started, &r, Vec::len);
+        r
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         add(&COUNTS.delete, 1);
-        self.inner.delete(key).await
+        let started = Instant::now();
+        let r = self.inner.delete(key).await;
+        log("delete", key, started, &r, |_| 0);
+        r
     }
 
     fn location(&self) -> String {

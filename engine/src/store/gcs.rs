@@ -354,7 +354,7 @@ impl Store for GcsStore {
     }
 
     fn read_size(&self) -> u64 {
-        4 << 20
+        8 << 20
     }
 
     fn location(&self) -> String {

@@ -4,6 +4,7 @@
 //! are written with [`PutMode::Create`]; heads with [`PutMode::Update`] (compare-and-swap on the
 //! version a [`Store::get`] returned) or `Create` for the first head. Nothing else is mutable.
 
+mod buffers;
 mod count;
 mod fault;
 mod gcs;

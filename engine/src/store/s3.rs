@@ -13,6 +13,7 @@
 //!   and a put whose first attempt may have landed is resolved there.
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +27,7 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use futures::stream::{StreamExt, TryStreamExt};
 
+use super::buffers::BufferPool;
 use super::{body_error, check_range_len, BucketPath, GetResult, ObjectMeta, PutMode, Store, Version};
 use crate::{Error, Result};
 
@@ -71,6 +73,7 @@ pub struct S3Store {
     at: BucketPath,
     endpoint: Option<String>,
     opts: S3Options,
+    buffers: Arc<BufferPool>,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -130,6 +133,7 @@ impl S3Store {
             },
             endpoint,
             opts,
+            buffers: Arc::default(),
         })
     }
 
@@ -353,14 +357,23 @@ impl Store for S3Store {
             .send()
             .await
             .map_err(|e| self.map_err(key, "get range", e, None))?;
-        let data = out
-            .body
-            .collect()
+        // Into a reused buffer of the range's size, chunk by chunk as the body arrives.
+        let want = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
+        let mut body = out.body;
+        let mut buf = self.buffers.take(want);
+        let mut got = 0;
+        while let Some(chunk) = body
+            .try_next()
             .await
             .map_err(|e| body_error(key, format!("reading the body: {e}")))?
-            .into_bytes();
-        check_range_len(key, &range, data.len())?;
-        Ok(data)
+        {
+            got += chunk.len();
+            if got <= want {
+                buf.extend_from_slice(&chunk);
+            }
+        }
+        check_range_len(key, &range, got)?;
+        Ok(self.buffers.bytes(buf))
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
@@ -435,7 +448,7 @@ impl Store for S3Store {
     }
 
     fn read_size(&self) -> u64 {
-        4 << 20
+        8 << 20
     }
 
     fn location(&self) -> String {

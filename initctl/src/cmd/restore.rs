@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use cairn_engine::formats::{Manifest, SnapshotId};
 use cairn_engine::{
-    backup, heartbeats, inspect, local_changes, unix_now, BackupOptions, LocalChanges, Progress, Repo,
-    RestoreMarker, RestoreOptions, VolumeState,
+    backup, heartbeats, heartbeats_in, inspect, local_changes, unix_now, BackupOptions, Heartbeat,
+    LocalChanges, Progress, Repo, RestoreMarker, RestoreOptions, VolumeState,
 };
 use clap::builder::BoolishValueParser;
 use clap::{Args, ValueEnum};
@@ -78,11 +78,26 @@ pub struct RestoreArgs {
 
 pub async fn run(g: &Global, a: RestoreArgs) -> Result<u8> {
     let started = Instant::now();
-    let repo = Repo::open_waiting(&g.store, Some(a.store_wait), |e, delay| {
-        if !g.quiet && !g.json {
-            eprintln!("initctl: store not reachable yet ({e}); retrying in {delay:?}");
-        }
-    })
+    // The first look for a previous pod's heartbeat shares the config read's round trip.
+    let listing = a.snapshot == "latest" && !a.wait_previous.is_zero();
+    let (repo, first_heartbeats) = Repo::open_waiting_and(
+        &g.store,
+        Some(a.store_wait),
+        |e, delay| {
+            if !g.quiet && !g.json {
+                eprintln!("initctl: store not reachable yet ({e}); retrying in {delay:?}");
+            }
+        },
+        |store| {
+            let ws = a.workspace.clone();
+            async move {
+                match listing {
+                    true => Ok(Some(heartbeats_in(&store, Some(&ws)).await?)),
+                    false => Ok(None),
+                }
+            }
+        },
+    )
     .await?;
     if a.snapshot != "latest" {
         let (id, manifest) = repo.resolve(&a.workspace, Some(&a.snapshot)).await?;
@@ -99,7 +114,7 @@ pub async fn run(g: &Global, a: RestoreArgs) -> Result<u8> {
         return Ok(exit::OK);
     }
     let mut out = Reconcile::default();
-    wait_for_previous(g, &a, &repo, &mut out).await?;
+    wait_for_previous(g, &a, &repo, first_heartbeats, &mut out).await?;
     let head = repo.head(&a.workspace).await?.map(|(h, _)| h.snapshot);
     match inspect(&a.target)? {
         state @ (VolumeState::Empty | VolumeState::Restoring) => {
@@ -172,7 +187,14 @@ fn options(g: &Global, a: &RestoreArgs) -> RestoreOptions {
 }
 
 /// Step 1: wait while another pod's sidecar of this workspace runs.
-async fn wait_for_previous(g: &Global, a: &RestoreArgs, repo: &Repo, out: &mut Reconcile) -> Result<()> {
+/// `first` is the first listing, if made already.
+async fn wait_for_previous(
+    g: &Global,
+    a: &RestoreArgs,
+    repo: &Repo,
+    mut first: Option<Vec<Heartbeat>>,
+    out: &mut Reconcile,
+) -> Result<()> {
     if a.wait_previous.is_zero() {
         return Ok(());
     }
@@ -180,8 +202,11 @@ async fn wait_for_previous(g: &Global, a: &RestoreArgs, repo: &Repo, out: &mut R
     let deadline = Instant::now() + a.wait_previous;
     let mut said = false;
     loop {
-        let live: Vec<String> = heartbeats(repo, Some(&a.workspace))
-            .await?
+        let listed = match first.take() {
+            Some(l) => l,
+            None => heartbeats(repo, Some(&a.workspace)).await?,
+        };
+        let live: Vec<String> = listed
             .into_iter()
             .filter(|h| h.host != me && h.is_live(unix_now()))
             .map(|h| h.host)
