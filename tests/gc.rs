@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cairn_engine::formats::SnapshotId;
 use cairn_engine::{
-    backup, forget, gc, BackupOptions, FaultPlan, FaultStore, GcOptions, GcReport, KeepPolicy, LocalStore,
-    Progress, Repo, Store,
+    backup, forget, gc, BackupOptions, BackupReport, FaultPlan, FaultStore, GcOptions, GcReport, KeepPolicy,
+    LocalStore, Progress, Repo, Store,
 };
 
 use crate::support::servers::*;
@@ -488,6 +489,33 @@ async fn a_backup_deduplicates_against_other_workspaces_through_the_compacted_in
     assert!(c.errors.is_empty(), "{:?}", c.errors);
 }
 
+/// After a repack: every (workspace, snapshot, tree) restores bit for bit through a fresh handle
+/// (nothing cached), check --read-data is clean and follows at least `moved` moved packs, and a
+/// backup of `src` with one more file (name, seed), whose local index still knows the old packs,
+/// restores too. Returns that backup.
+async fn all_restore_after_repack(
+    t: &TestRepo,
+    cases: &[(&str, SnapshotId, &Path)],
+    moved: u64,
+    src: &Path,
+    (file, seed): (&str, u64),
+) -> BackupReport {
+    let fresh = Repo::open(t.repo.store().clone()).await.expect("open");
+    for (i, (ws, id, want)) in cases.iter().enumerate() {
+        let out = t.scratch(&format!("out-{ws}-{i}"));
+        restore_from(&fresh, ws, Some(id), &out).await.expect("restore");
+        assert_same_tree(want, &out);
+    }
+    let c = check_repo(&t.repo, true).await;
+    assert!(c.errors.is_empty() && c.moved_packs >= moved, "{c:?}");
+    write(&src.join(file), &random_bytes(seed, 20 << 10));
+    let r = t.backup("w", src).await;
+    let out = t.scratch(&format!("out-{file}"));
+    t.restore("w", Some(&r.snapshot), &out).await;
+    assert_same_tree(src, &out);
+    r
+}
+
 #[tokio::test]
 async fn small_packs_are_repacked_and_every_snapshot_still_restores() {
     let t = TestRepo::new().await;
@@ -526,21 +554,11 @@ async fn small_packs_are_repacked_and_every_snapshot_still_restores() {
 
     // Every snapshot restores from the moved blobs (a fresh handle: nothing cached), and check
     // verifies the new packs in place of the old.
-    let fresh = Repo::open(t.repo.store().clone()).await.expect("open");
-    for (i, (id, copy)) in snaps.iter().enumerate() {
-        let out = t.scratch(&format!("out{i}"));
-        restore_from(&fresh, "w", Some(id), &out).await.expect("restore");
-        assert_same_tree(copy, &out);
-    }
-    let c = check_repo(&t.repo, true).await;
-    assert!(c.errors.is_empty() && c.moved_packs >= 6, "{c:?}");
-
-    // A backup whose local index still knows the old packs, and its restore.
-    write(&src.join("g.bin"), &random_bytes(77, 20 << 10));
-    let r7 = t.backup("w", &src).await;
-    let out = t.scratch("out7");
-    t.restore("w", Some(&r7.snapshot), &out).await;
-    assert_same_tree(&src, &out);
+    let cases: Vec<_> = snaps
+        .iter()
+        .map(|(id, copy)| ("w", *id, copy.as_path()))
+        .collect();
+    let r7 = all_restore_after_repack(&t, &cases, 6, &src, ("g.bin", 77)).await;
 
     // Old sessions forgotten: their moves leave the table a window after their records stopped
     // being live, the new pack stays for the blobs still referenced, and the last snapshot still
@@ -669,22 +687,10 @@ async fn mostly_empty_packs_are_rewritten_a_window_later_keeping_what_late_backu
         "a.bin's bytes are gone: {before} -> {}",
         data_bytes(&t)
     );
-    let reader = Repo::open(t.repo.store().clone()).await.expect("open");
-    for (ws, id, want) in [
-        ("w", s2.snapshot, &src),
-        ("other", fresh.snapshot, &fresh_src),
-        ("late", late.snapshot, &late_src),
-    ] {
-        let out = t.scratch(&format!("out-{ws}"));
-        restore_from(&reader, ws, Some(&id), &out).await.expect("restore");
-        assert_same_tree(want, &out);
-    }
-    let c = check_repo(&t.repo, true).await;
-    assert!(c.errors.is_empty() && c.moved_packs >= 1, "{c:?}");
-    // A later backup whose index still knows the old pack, and its restore.
-    write(&src.join("d.bin"), &random_bytes(14, 20 << 10));
-    let s3 = t.backup("w", &src).await;
-    let out = t.scratch("out-s3");
-    t.restore("w", Some(&s3.snapshot), &out).await;
-    assert_same_tree(&src, &out);
+    let cases = [
+        ("w", s2.snapshot, src.as_path()),
+        ("other", fresh.snapshot, fresh_src.as_path()),
+        ("late", late.snapshot, late_src.as_path()),
+    ];
+    all_restore_after_repack(&t, &cases, 1, &src, ("d.bin", 14)).await;
 }
