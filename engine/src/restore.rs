@@ -423,14 +423,12 @@ fn fetch_jobs<'a>(
 /// Fetched-but-unwritten data allowed at once, in MiB ([`FETCH_BUDGET_MIB`]).
 struct Budget {
     mib: tokio::sync::Semaphore,
-    total: u32,
 }
 
 impl Budget {
     fn new() -> Self {
         Budget {
             mib: tokio::sync::Semaphore::new(FETCH_BUDGET_MIB as usize),
-            total: FETCH_BUDGET_MIB,
         }
     }
 
@@ -439,7 +437,7 @@ impl Budget {
     async fn hold(&self, bytes: u64) -> Result<tokio::sync::SemaphorePermit<'_>> {
         let mib = u32::try_from(bytes.div_ceil(1 << 20))
             .unwrap_or(u32::MAX)
-            .clamp(1, self.total);
+            .clamp(1, FETCH_BUDGET_MIB);
         self.mib
             .acquire_many(mib)
             .await

@@ -85,15 +85,26 @@ fn add(a: &AtomicU64, n: u64) {
     a.fetch_add(n, Ordering::Relaxed);
 }
 
-/// Logs one finished request (at debug level, target `cairn::requests`).
-fn log<T>(op: &str, key: &str, started: Instant, r: &Result<T>, bytes: impl Fn(&T) -> usize) {
+/// Counts one request in `counter`, runs it, and logs it as it ends (at debug level, target
+/// `cairn::requests`) with the bytes `bytes` reads off its result.
+async fn request<T>(
+    counter: &AtomicU64,
+    op: &str,
+    key: &str,
+    run: impl std::future::Future<Output = Result<T>>,
+    bytes: impl Fn(&T) -> usize,
+) -> Result<T> {
+    add(counter, 1);
+    let started = Instant::now();
+    let r = run.await;
     if tracing::enabled!(target: "cairn::requests", tracing::Level::DEBUG) {
         let ms = started.elapsed().as_secs_f64() * 1e3;
-        match r {
+        match &r {
             Ok(v) => tracing::debug!(target: "cairn::requests", op, key, bytes = bytes(v), ms),
             Err(e) => tracing::debug!(target: "cairn::requests", op, key, ms, error = %e),
         }
     }
+    r
 }
 
 /// Counts requests into the process-wide counters.
@@ -112,56 +123,34 @@ impl CountingStore {
 #[async_trait]
 impl Store for CountingStore {
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<Version> {
-        add(&COUNTS.put, 1);
-        let (len, started) = (data.len(), Instant::now());
+        let len = data.len();
         add(&COUNTS.bytes_up, len as u64);
-        let r = self.inner.put(key, data, mode).await;
-        log("put", key, started, &r, |_| len);
-        r
+        request(&COUNTS.put, "put", key, self.inner.put(key, data, mode), |_| len).await
     }
 
     async fn get(&self, key: &str) -> Result<GetResult> {
-        add(&COUNTS.get, 1);
-        let started = Instant::now();
-        let r = self.inner.get(key).await;
-        log("get", key, started, &r, |r| r.data.len());
-        let r = r?;
+        let r = request(&COUNTS.get, "get", key, self.inner.get(key), |r| r.data.len()).await?;
         add(&COUNTS.bytes_down, r.data.len() as u64);
         Ok(r)
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
-        add(&COUNTS.get_range, 1);
-        let started = Instant::now();
-        let r = self.inner.get_range(key, range).await;
-        log("get_range", key, started, &r, Bytes::len);
-        let r = r?;
+        let run = self.inner.get_range(key, range);
+        let r = request(&COUNTS.get_range, "get_range", key, run, Bytes::len).await?;
         add(&COUNTS.bytes_down, r.len() as u64);
         Ok(r)
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
-        add(&COUNTS.head, 1);
-        let started = Instant::now();
-        let r = self.inner.head(key).await;
-        log("head", key, started, &r, |_| 0);
-        r
+        request(&COUNTS.head, "head", key, self.inner.head(key), |_| 0).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        add(&COUNTS.list, 1);
-        let started = Instant::now();
-        let r = self.inner.list(prefix).await;
-        log("list", prefix, started, &r, Vec::len);
-        r
+        request(&COUNTS.list, "list", prefix, self.inner.list(prefix), Vec::len).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        add(&COUNTS.delete, 1);
-        let started = Instant::now();
-        let r = self.inner.delete(key).await;
-        log("delete", key, started, &r, |_| 0);
-        r
+        request(&COUNTS.delete, "delete", key, self.inner.delete(key), |_| 0).await
     }
 
     fn location(&self) -> String {

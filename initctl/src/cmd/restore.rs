@@ -91,10 +91,10 @@ pub async fn run(g: &Global, a: RestoreArgs) -> Result<u8> {
         |store| {
             let ws = a.workspace.clone();
             async move {
-                match listing {
-                    true => Ok(Some(heartbeats_in(&store, Some(&ws)).await?)),
-                    false => Ok(None),
+                if !listing {
+                    return Ok(None);
                 }
+                Ok(Some(heartbeats_in(&store, Some(&ws)).await?))
             }
         },
     )
