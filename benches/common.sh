@@ -10,13 +10,10 @@ target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import js
 cairn=$target_dir/release/initctl
 sidecar=$target_dir/release/sidecar
 
-corpus=${CAIRN_CORPUS_DIR:-$HOME/.cache/cairn-corpus}/ws-seed1
-if [ ! -f "$corpus.complete" ]; then
-  mkdir -p "$(dirname "$corpus")"
-  rm -rf "$corpus.building"
-  SEED=1 bash ../shared/corpus/make-workspace.sh "$corpus.building" >&2
-  rm -rf "$corpus" && mv "$corpus.building" "$corpus" && touch "$corpus.complete"
-fi
+# Built once per machine by the suite's own preparation (tests/prepared.rs), locked against
+# concurrent builds and never used half-built.
+cargo build --release -q -p cairn-tests --bin cairn-test-helper
+corpus=$("$target_dir/release/cairn-test-helper" corpus)
 
 py=${CAIRN_PY_VENV:-$HOME/.cache/cairn-py}/bin/python
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

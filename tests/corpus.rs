@@ -2,49 +2,14 @@
 //! an agent session, back up again, and restore both snapshots identical in content and metadata.
 //!
 //! The workspace is built once per machine from the package registries and cached under
-//! `$CAIRN_CORPUS_DIR` (default `~/.cache/cairn-corpus`); the test works on a copy.
+//! `$CAIRN_CORPUS_DIR` (default `~/.cache/cairn-corpus`), once however many tests ask at the same
+//! time; each test works on a copy.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::support::*;
 
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/make-workspace.sh")
-}
-
-/// The cached pristine corpus workspace, built if missing.
-pub fn corpus_workspace() -> PathBuf {
-    let base = std::env::var_os("CAIRN_CORPUS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/cairn-corpus")
-        });
-    let ws = base.join("ws-seed1");
-    let complete = base.join("ws-seed1.complete");
-    if complete.exists() && ws.is_dir() {
-        return ws;
-    }
-    std::fs::create_dir_all(&base).expect("corpus cache dir");
-    let building = base.join(format!("building-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&building);
-    let o = Command::new("bash")
-        .arg(script())
-        .arg(&building)
-        .env("SEED", "1")
-        .output()
-        .expect("run make-workspace.sh");
-    assert!(
-        o.status.success(),
-        "make-workspace.sh failed (it needs npm, python3 and the package registries): {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let _ = std::fs::remove_dir_all(&ws);
-    std::fs::rename(&building, &ws).expect("publish corpus");
-    // The marker lives outside the workspace tree so that copies do not carry it.
-    write(&complete, b"");
-    ws
-}
+use cairn_tests::prepared::{corpus_script as script, corpus_workspace};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corpus_workspace_backup_session_backup_restore_both() {

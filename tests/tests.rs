@@ -10,6 +10,7 @@
 //! - `cli`       the `initctl` binary: commands, env vars, JSON, exit codes
 //! - `gc`        garbage collection: condemn, wait, sweep, resurrection; writers, forks, restores and GC at once
 //! - `lifecycle` the `sidecar` daemon and killed backups, with real processes and signals
+//! - `prepare`   items prepared once per machine (corpus, images): one build for many askers
 //! - `corpus`    the realistic agent workspace from `shared/corpus/make-workspace.sh`, end to end
 
 mod support;
@@ -21,6 +22,7 @@ mod corpus;
 mod gc;
 mod incremental;
 mod lifecycle;
+mod prepare;
 mod restore_safety;
 mod roundtrip;
 mod store;
