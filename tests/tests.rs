@@ -4,6 +4,7 @@
 //! - `roundtrip` backup then restore over generated trees covering every metadata case
 //! - `incremental` stat cache, subtree reuse, changed files, files torn while read
 //! - `bad_input` corrupt, missing and truncated objects; unknown names; unreadable sources; full disk
+//! - `hostile`   an agent swapping in symlinks, FIFOs, devices and mounts while backups and restores run
 //! - `restore_safety` crafted snapshots and planted links never write outside the target
 //! - `store`     the store contract (conformance suite) and URL parsing
 //! - `cloud`     S3 and GCS against servers the suite starts; retries; injected faults; outages
@@ -20,6 +21,7 @@ mod cli;
 mod cloud;
 mod corpus;
 mod gc;
+mod hostile;
 mod incremental;
 mod lifecycle;
 mod prepare;

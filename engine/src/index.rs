@@ -63,14 +63,12 @@ pub struct StatEntry {
 
 impl StatEntry {
     /// A file's identity from its `lstat`, and its content.
-    pub fn of(md: &std::fs::Metadata, extents: Vec<Extent>) -> Self {
-        use crate::meta::ns;
-        use std::os::unix::fs::MetadataExt;
+    pub(crate) fn of(st: &crate::volume::dir::Stat, extents: Vec<Extent>) -> Self {
         StatEntry {
-            size: md.len(),
-            mtime_ns: ns(md.mtime(), md.mtime_nsec()),
-            ctime_ns: ns(md.ctime(), md.ctime_nsec()),
-            ino: md.ino(),
+            size: st.size,
+            mtime_ns: st.mtime_ns(),
+            ctime_ns: st.ctime_ns(),
+            ino: st.ino,
             extents,
         }
     }

@@ -42,7 +42,9 @@ mod tree;
 mod verify;
 mod volume;
 
-pub use backup::{backup, hostname, max_session_from_env, BackupOptions, BackupReport, MAX_RECORDS};
+pub use backup::{
+    backup, hostname, max_session_from_env, BackupOptions, BackupReport, MAX_DEPTH, MAX_RECORDS,
+};
 pub use check::{check, CheckReport};
 pub use chunker::{chunk_reader, chunk_slice, ChunkReadError};
 pub use compact::{dedup_fetches_from_env, CompactSet, GlobalDedup};
@@ -72,6 +74,7 @@ pub use store::{
 };
 pub use tree::SnapshotTrees;
 pub use verify::{verify_dir, VerifyReport};
+pub use volume::dir::{same_entry, Dir as WorkspaceDir, Mismatch, OpenedFile, Stat};
 pub use volume::{
     adopt_volume, inspect, is_volume_file, local_changes, mark_empty, read_marker, LocalChanges,
     RestoreMarker, VolumeState, RESTORING_MARKER, STAGING_DIR,

@@ -1,15 +1,17 @@
-//! Reading file metadata on backup and applying it on restore.
+//! Reading file metadata on backup and applying it on restore, through descriptors or
+//! directory-relative calls only (see `volume/dir.rs`).
 
-use std::fs::{self, Metadata, Permissions};
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use cairn_formats::{Meta, Timestamp, Xattr};
-use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
+use rustix::fs::{FileType, Mode};
+use rustix::io::Errno;
 
-use crate::error::IoContext;
-use crate::Result;
+use crate::volume::dir::{mtime_only, Dir, Stat};
 
 /// Whether this process may set owners and create devices.
 pub fn is_root() -> bool {
@@ -32,97 +34,174 @@ pub(crate) fn now_ns() -> i128 {
     timestamp_ns(Timestamp::now())
 }
 
-/// Builds the stored metadata of `path` from its `lstat`. Extended attributes that cannot be read
-/// are reported through `warn` and left out.
-pub fn read_meta(path: &Path, md: &Metadata, warn: &mut dyn FnMut(String)) -> Meta {
-    let mut xattrs = Vec::new();
-    match xattr::list(path) {
+/// Where an entry's extended attributes are read or written.
+#[derive(Clone, Copy)]
+pub(crate) enum XattrsOf<'a> {
+    /// An open descriptor of the entry (a file or directory we opened and checked).
+    Fd(BorrowedFd<'a>),
+    /// A path whose last component is never followed (`l*xattr`): `Dir::entry_path`, or a path
+    /// in a directory the agent cannot reach (a drill's scratch).
+    Path(&'a Path),
+}
+
+/// Builds the stored metadata of an entry from its `lstat` (or `fstat`) and its extended
+/// attributes. Attributes that cannot be read are reported through `warn` (with `what`, the
+/// entry's path for people) and left out.
+pub(crate) fn read_meta(st: &Stat, xattrs: XattrsOf<'_>, what: &Path, warn: &mut dyn FnMut(String)) -> Meta {
+    let mut out = Vec::new();
+    match list_xattrs(xattrs) {
         Ok(names) => {
-            for name in names {
-                match xattr::get(path, &name) {
-                    Ok(Some(value)) => xattrs.push(Xattr {
-                        name: name.as_encoded_bytes().to_vec(),
+            for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+                match get_xattr(xattrs, name) {
+                    Ok(Some(value)) => out.push(Xattr {
+                        name: name.to_vec(),
                         value,
                     }),
                     Ok(None) => {}
                     Err(e) => warn(format!(
                         "{}: extended attribute {:?} not readable: {e}",
-                        path.display(),
-                        name
+                        what.display(),
+                        OsStr::from_bytes(name)
                     )),
                 }
             }
         }
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) => {}
+        Err(e) if e.raw_os_error() == Some(Errno::OPNOTSUPP.raw_os_error()) => {}
         Err(e) => warn(format!(
             "{}: extended attributes not readable: {e}",
-            path.display()
+            what.display()
         )),
     }
-    xattrs.sort_by(|a, b| a.name.cmp(&b.name));
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     Meta {
-        mode: md.mode() & 0o7777,
-        uid: md.uid(),
-        gid: md.gid(),
+        mode: st.mode & 0o7777,
+        uid: st.uid,
+        gid: st.gid,
         mtime: Timestamp {
-            secs: md.mtime(),
-            nanos: md.mtime_nsec() as u32,
+            secs: st.mtime.0,
+            nanos: st.mtime.1,
         },
-        xattrs,
+        xattrs: out,
     }
 }
 
-/// What kind of entry metadata is applied to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// A symlink: no mode, no user xattrs (Linux refuses them), times on the link itself.
-    Symlink,
-    /// Anything else.
-    Other,
-}
-
-/// Applies owner (as root), extended attributes, permission bits and mtime, in the order that
-/// keeps each from undoing another (chown clears setuid; chmod last but for times).
-///
-/// # Errors
-/// [`crate::Error::Io`] naming the path. Extended attributes outside `user.` that this process may
-/// not set are skipped, since they need privileges a restore does not always have.
-pub fn apply_meta(path: &Path, meta: &Meta, target: Target, as_root: bool) -> Result<()> {
-    if as_root {
-        std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid)).at(path)?;
-    }
-    if target == Target::Other {
-        for x in &meta.xattrs {
-            let name = std::ffi::OsStr::from_bytes(&x.name);
-            if let Err(e) = xattr::set(path, name, &x.value) {
-                if x.name.starts_with(b"user.") || as_root {
-                    return Err(crate::Error::io(
-                        path,
-                        std::io::Error::new(e.kind(), format!("setting xattr {name:?}: {e}")),
-                    ));
-                }
-            }
+/// Reads an extended attribute value or list: ask its size (`query`), then `fill` a buffer of
+/// that size, again if it grew meanwhile.
+fn sized(
+    query: impl Fn() -> rustix::io::Result<usize>,
+    fill: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+) -> io::Result<Vec<u8>> {
+    loop {
+        let n = query()?;
+        if n == 0 {
+            return Ok(Vec::new());
         }
-        fs::set_permissions(path, Permissions::from_mode(meta.mode)).at(path)?;
+        let mut buf = vec![0u8; n];
+        match fill(&mut buf) {
+            Ok(got) => {
+                buf.truncate(got);
+                return Ok(buf);
+            }
+            Err(Errno::RANGE) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
-    set_mtime(path, meta.mtime)
 }
 
-/// Sets the modification time of `path` itself (not a symlink's target); leaves atime alone.
+fn list_xattrs(of: XattrsOf<'_>) -> io::Result<Vec<u8>> {
+    match of {
+        XattrsOf::Fd(fd) => sized(
+            || rustix::fs::flistxattr_query(fd),
+            |b| rustix::fs::flistxattr(fd, b),
+        ),
+        XattrsOf::Path(p) => sized(
+            || rustix::fs::llistxattr_query(p),
+            |b| rustix::fs::llistxattr(p, b),
+        ),
+    }
+}
+
+fn get_xattr(of: XattrsOf<'_>, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    let name = OsStr::from_bytes(name);
+    let r = match of {
+        XattrsOf::Fd(fd) => sized(
+            || rustix::fs::fgetxattr_query(fd, name),
+            |b| rustix::fs::fgetxattr(fd, name, b),
+        ),
+        XattrsOf::Path(p) => sized(
+            || rustix::fs::lgetxattr_query(p, name),
+            |b| rustix::fs::lgetxattr(p, name, b),
+        ),
+    };
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.raw_os_error() == Some(Errno::NODATA.raw_os_error()) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn set_xattr(of: XattrsOf<'_>, x: &Xattr, as_root: bool) -> io::Result<()> {
+    let name = OsStr::from_bytes(&x.name);
+    let r = match of {
+        XattrsOf::Fd(fd) => rustix::fs::fsetxattr(fd, name, &x.value, rustix::fs::XattrFlags::empty()),
+        XattrsOf::Path(p) => rustix::fs::lsetxattr(p, name, &x.value, rustix::fs::XattrFlags::empty()),
+    };
+    match r {
+        Ok(()) => Ok(()),
+        // Attributes outside `user.` need privileges a restore does not always have.
+        Err(_) if !(x.name.starts_with(b"user.") || as_root) => Ok(()),
+        Err(e) => Err(io::Error::new(
+            io::Error::from(e).kind(),
+            format!("setting xattr {name:?}: {e}"),
+        )),
+    }
+}
+
+/// Applies owner (as root), extended attributes, permission bits and mtime to an open file or
+/// directory, in the order that keeps each from undoing another (chown clears setuid; chmod last
+/// but for times).
 ///
 /// # Errors
-/// [`crate::Error::Io`] naming the path.
-pub fn set_mtime(path: &Path, mtime: Timestamp) -> Result<()> {
-    let times = Timestamps {
-        last_access: Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_OMIT,
-        },
-        last_modification: Timespec {
-            tv_sec: mtime.secs,
-            tv_nsec: i64::from(mtime.nanos),
-        },
-    };
-    rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|e| crate::Error::io(path, e.into()))
+/// The first failing call. Extended attributes outside `user.` that this process may not set
+/// are skipped.
+pub(crate) fn apply_meta_fd(fd: BorrowedFd<'_>, meta: &Meta, as_root: bool) -> io::Result<()> {
+    if as_root {
+        rustix::fs::fchown(
+            fd,
+            Some(rustix::fs::Uid::from_raw(meta.uid)),
+            Some(rustix::fs::Gid::from_raw(meta.gid)),
+        )?;
+    }
+    for x in &meta.xattrs {
+        set_xattr(XattrsOf::Fd(fd), x, as_root)?;
+    }
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
+    rustix::fs::futimens(fd, &mtime_only((meta.mtime.secs, meta.mtime.nanos)))?;
+    Ok(())
+}
+
+/// Applies metadata to the entry `name` of `dir` without opening it: a symlink (owner and mtime
+/// of the link itself; Linux keeps no mode or user xattrs on links), a special file (never
+/// opened: see `Dir::chmod_kind`), or any entry of `kind` whose metadata alone changed.
+///
+/// # Errors
+/// The first failing call.
+pub(crate) fn apply_meta_at(
+    dir: &Dir,
+    name: &OsStr,
+    meta: &Meta,
+    kind: FileType,
+    as_root: bool,
+) -> io::Result<()> {
+    if as_root {
+        dir.chown_at(name, meta.uid, meta.gid)?;
+    }
+    if kind != FileType::Symlink {
+        let path = dir.entry_path(name);
+        for x in &meta.xattrs {
+            set_xattr(XattrsOf::Path(&path), x, as_root)?;
+        }
+        dir.chmod_kind(name, kind, meta.mode)?;
+    }
+    dir.set_mtime_at(name, (meta.mtime.secs, meta.mtime.nanos))
 }

@@ -10,37 +10,35 @@
 //! the head (compare-and-swap). A backup killed at any point leaves the previous head in place.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, Metadata};
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_formats::{
-    head_key, index_key, pack_key, snapshot_key, validate_workspace, BlobId, ChunkerParams, Entry, Extent,
-    Head, IndexId, IndexPack, IndexRecord, Manifest, Node, PackId, PackKind, PackTrailer, SnapshotId,
-    SnapshotStats, Timestamp, Tree, PACK_FOOTER_LEN,
+    head_key, index_key, pack_key, snapshot_key, validate_workspace, BlobId, ChunkerParams, Head, IndexId,
+    IndexPack, IndexRecord, Manifest, PackId, PackKind, PackTrailer, SnapshotId, SnapshotStats, Timestamp,
+    PACK_FOOTER_LEN,
 };
 use futures::stream::{StreamExt, TryStreamExt};
-use rayon::prelude::*;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::chunker::{chunk_reader, chunk_slice, ChunkReadError};
 use crate::compress::encode_blob;
-use crate::error::IoContext;
-use crate::index::{LocalIndex, StatEntry};
-use crate::meta::{now_ns, ns, read_meta, timestamp_ns};
+use crate::index::LocalIndex;
+use crate::meta::timestamp_ns;
 use crate::pack::{FinishedPack, PackBuilder};
 use crate::progress::Progress;
 use crate::repo::{IndexHandle, Repo};
 use crate::store::{PutMode, StoreExt};
-use crate::volume::{self, is_volume_file};
+use crate::volume::{self, dir::Dir};
 use crate::{Error, Result};
+
+mod walk;
+
+pub use walk::MAX_DEPTH;
 
 /// The most index records a snapshot cites (see the consolidation in [`backup`]).
 pub const MAX_RECORDS: usize = 16;
@@ -49,10 +47,7 @@ const UPLOAD_QUEUE: usize = 1;
 /// Uploads in flight at once.
 const UPLOAD_CONCURRENCY: usize = 3;
 /// Times a file that changes while it is read is read again before it is left out.
-const READ_ATTEMPTS: usize = 3;
-/// Margin for the file system's timestamp tick (jiffies: 1-10 ms) when deciding whether a file
-/// was written while it was read.
-const HOT_NS: i128 = 50_000_000;
+pub(crate) const READ_ATTEMPTS: usize = 3;
 /// Files modified this close to the start of a backup (or after it) are not trusted to the stat
 /// cache next time: a later write within the file system's timestamp granularity could leave size
 /// and times unchanged ("racily clean", as git calls it).
@@ -91,11 +86,11 @@ pub fn max_session_from_env() -> Duration {
 /// The base snapshot a volume was started from (its marker's `from`), synced into the index.
 async fn base_of_volume(
     repo: &Repo,
-    source: &Path,
+    source: &Dir,
     workspace: &str,
     index: &LocalIndex,
 ) -> Result<Option<SnapshotId>> {
-    let Some(m) = volume::read_marker(source).filter(|m| m.workspace == workspace) else {
+    let Some(m) = volume::read_marker_in(source).filter(|m| m.workspace == workspace) else {
         return Ok(None);
     };
     let Some((ws, id)) = m.from.as_deref().and_then(|f| f.split_once('@')) else {
@@ -138,13 +133,19 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
     let started = Instant::now();
     let time = Timestamp::now();
     validate_workspace(&opts.workspace).map_err(|e| Error::Invalid(e.to_string()))?;
-    let root_md = fs::metadata(&opts.source).at(&opts.source)?;
-    if !root_md.is_dir() {
-        return Err(Error::Invalid(format!(
-            "{}: not a directory; back up a workspace directory",
-            opts.source.display()
-        )));
-    }
+    // The one descriptor everything below is reached through (`walk.rs`).
+    let source = Dir::open(&opts.source).map_err(|e| match e.raw_os_error() {
+        Some(c)
+            if c == rustix::io::Errno::NOTDIR.raw_os_error()
+                || c == rustix::io::Errno::LOOP.raw_os_error() =>
+        {
+            Error::Invalid(format!(
+                "{}: not a directory (a symlink is not followed); back up a workspace directory",
+                opts.source.display()
+            ))
+        }
+        _ => Error::io(&opts.source, e),
+    })?;
 
     let index = Arc::new(repo.open_index(&opts.cache_dir)?);
     // What garbage collection has condemned or deleted: never deduplicate against it.
@@ -161,7 +162,7 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
     // A workspace's first backup after starting from a base: dedup against the base, and say so.
     let base = match &parent {
         Some((_, m)) => m.base,
-        None => match base_of_volume(repo, &opts.source, &opts.workspace, &index).await {
+        None => match base_of_volume(repo, &source, &opts.workspace, &index).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "the volume's base snapshot is not readable; backing up without it");
@@ -198,17 +199,17 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         counters: Counters::default(),
         progress,
         racy_after_ns: timestamp_ns(time) - RACY_WINDOW_NS,
+        source: opts.source.clone(),
     });
 
     let walker = session.clone();
-    let source = opts.source.clone();
+    let source = Arc::new(source);
+    let walk_root = source.clone();
     let walked = tokio::task::spawn_blocking(move || -> Result<(BlobId, cairn_formats::Meta)> {
-        let root = walker.dir(&source, b"")?;
-        let mut warn = |w: String| walker.warn(w);
-        let meta = read_meta(&source, &root_md, &mut warn);
+        let (tree, meta) = walker.root(&walk_root)?;
         walker.flush(PackKind::Data)?;
         walker.flush(PackKind::Meta)?;
-        Ok((root, meta))
+        Ok((tree, meta))
     })
     .await
     .map_err(|e| Error::Invalid(format!("backup walker panicked: {e}")))?;
@@ -325,7 +326,7 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         &mut warnings,
     )
     .await?;
-    update_marker(&opts.source, &opts.workspace, snapshot, time, manifest_root_mtime);
+    update_marker(&source, &opts.workspace, snapshot, time, manifest_root_mtime);
     Ok(BackupReport {
         snapshot,
         is_head,
@@ -395,13 +396,13 @@ async fn move_head(
 /// Names the new snapshot in the source's volume marker, if the source is a workspace volume of
 /// this workspace (see `volume.rs`): what the volume held when the backup began is now sealed.
 fn update_marker(
-    source: &Path,
+    source: &Dir,
     workspace: &str,
     snapshot: SnapshotId,
     time: Timestamp,
     root_mtime: Timestamp,
 ) {
-    let Some(mut m) = volume::read_marker(source) else {
+    let Some(mut m) = volume::read_marker_in(source) else {
         return;
     };
     if m.workspace != workspace {
@@ -412,7 +413,7 @@ fn update_marker(
     m.from = None;
     m.synced_ns = volume::marker_ns(timestamp_ns(time));
     m.root_mtime_ns = volume::marker_ns(timestamp_ns(root_mtime));
-    if let Err(e) = volume::rewrite_marker(source, &m) {
+    if let Err(e) = volume::rewrite_marker_in(source, &m) {
         tracing::warn!(error = %e, "could not update the volume marker; the next init will back the volume up first");
     }
 }
@@ -550,6 +551,8 @@ struct Session {
     counters: Counters,
     progress: Arc<Progress>,
     racy_after_ns: i128,
+    /// The source path, for messages (every access goes through descriptors).
+    source: PathBuf,
 }
 
 /// How a snapshot that reuses a stored pack's blobs locates them.
@@ -562,12 +565,6 @@ enum Cover {
     Adopt,
     /// Its record is condemned: store the blob anew.
     Avoid,
-}
-
-/// How one attempt at reading a file ended.
-enum Attempt {
-    Done(Vec<Extent>, Metadata),
-    Changed,
 }
 
 impl Session {
@@ -714,288 +711,6 @@ impl Session {
             None => Err(Error::Invalid("upload stopped".into())),
         }
     }
-
-    /// Backs up the directory at `path` (`rel` from the root) and returns its tree id.
-    fn dir(&self, path: &Path, rel: &[u8]) -> Result<BlobId> {
-        let rd = fs::read_dir(path).at(path)?;
-        let mut names = Vec::new();
-        for ent in rd {
-            match ent {
-                Ok(ent) => names.push(ent.file_name()),
-                Err(e) => self.skip(format!("{}: listing failed part-way: {e}", path.display())),
-            }
-        }
-        if rel.is_empty() {
-            names.retain(|n| !is_volume_file(n.as_bytes()));
-        }
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        inc(&self.counters.dirs, 1);
-        Progress::add(&self.progress.entries, 1);
-        let entries: Vec<Result<Option<Entry>>> = names
-            .par_iter()
-            .map(|name| {
-                let child = path.join(name);
-                let mut child_rel = Vec::with_capacity(rel.len() + 1 + name.len());
-                if !rel.is_empty() {
-                    child_rel.extend_from_slice(rel);
-                    child_rel.push(b'/');
-                }
-                child_rel.extend_from_slice(name.as_bytes());
-                self.entry(&child, &child_rel, name.as_bytes())
-            })
-            .collect();
-        let mut tree = Tree::default();
-        for e in entries {
-            if let Some(e) = e? {
-                tree.entries.push(e);
-            }
-        }
-        let bytes = tree.encode();
-        let id = BlobId::of(&bytes);
-        self.put_blob(PackKind::Meta, id, &bytes)?;
-        Ok(id)
-    }
-
-    /// Backs up one entry. `Ok(None)` means it was left out with a warning.
-    fn entry(&self, path: &Path, rel: &[u8], name: &[u8]) -> Result<Option<Entry>> {
-        let md = match fs::symlink_metadata(path) {
-            Ok(md) => md,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                self.skip(format!("{}: {e}; left out", path.display()));
-                return Ok(None);
-            }
-        };
-        let ft = md.file_type();
-        let (node, md) = if ft.is_dir() {
-            match self.dir(path, rel) {
-                Ok(tree) => (Node::Dir { tree }, md),
-                Err(Error::Io { path, source }) => {
-                    self.skip(format!("{}: {source}; directory left out", path.display()));
-                    return Ok(None);
-                }
-                Err(e) => return Err(e),
-            }
-        } else if ft.is_file() {
-            match self.file(path, rel, &md)? {
-                Some((node, md)) => (node, md),
-                None => return Ok(None),
-            }
-        } else if ft.is_symlink() {
-            match fs::read_link(path) {
-                Ok(t) => {
-                    inc(&self.counters.others, 1);
-                    (
-                        Node::Symlink {
-                            target: t.into_os_string().into_encoded_bytes(),
-                        },
-                        md,
-                    )
-                }
-                Err(e) => {
-                    self.skip(format!("{}: {e}; symlink left out", path.display()));
-                    return Ok(None);
-                }
-            }
-        } else if ft.is_fifo() {
-            inc(&self.counters.others, 1);
-            (Node::Fifo, md)
-        } else if ft.is_char_device() {
-            inc(&self.counters.others, 1);
-            (Node::CharDevice { rdev: md.rdev() }, md)
-        } else if ft.is_block_device() {
-            inc(&self.counters.others, 1);
-            (Node::BlockDevice { rdev: md.rdev() }, md)
-        } else {
-            // Sockets belong to a running process and cannot be restored meaningfully.
-            tracing::debug!(path = %path.display(), "socket skipped");
-            return Ok(None);
-        };
-        Progress::add(&self.progress.entries, 1);
-        let mut warn = |w: String| self.warn(w);
-        let meta = read_meta(path, &md, &mut warn);
-        Ok(Some(Entry {
-            name: name.to_vec(),
-            node,
-            meta,
-        }))
-    }
-
-    fn file(&self, path: &Path, rel: &[u8], md: &Metadata) -> Result<Option<(Node, Metadata)>> {
-        let link_group = (md.nlink() > 1).then(|| md.ino());
-        if let Some(c) = self.index.stat(&self.workspace, rel)? {
-            if stat_matches(&c, md) && self.all_known(&c.extents)? {
-                inc(&self.counters.files, 1);
-                inc(&self.counters.bytes, md.len());
-                let node = Node::File {
-                    size: md.len(),
-                    extents: c.extents,
-                    link_group,
-                };
-                return Ok(Some((node, md.clone())));
-            }
-        }
-        for _ in 0..READ_ATTEMPTS {
-            match self.read_file(path) {
-                Ok(Attempt::Done(extents, md)) => {
-                    inc(&self.counters.files, 1);
-                    inc(&self.counters.files_read, 1);
-                    inc(&self.counters.bytes, md.len());
-                    let entry = StatEntry::of(&md, extents);
-                    if entry.mtime_ns < self.racy_after_ns {
-                        self.index.put_stat(&self.workspace, rel, &entry)?;
-                    } else {
-                        self.index.drop_stat(&self.workspace, rel)?;
-                    }
-                    let node = Node::File {
-                        size: md.len(),
-                        extents: entry.extents,
-                        link_group,
-                    };
-                    return Ok(Some((node, md)));
-                }
-                Ok(Attempt::Changed) => {
-                    // Wait until the file's latest stamp is a tick behind the clock.
-                    let stamp = fs::symlink_metadata(path)
-                        .map(|m| ns(m.mtime(), m.mtime_nsec()).max(ns(m.ctime(), m.ctime_nsec())))
-                        .unwrap_or(0);
-                    let wait = (stamp + HOT_NS - now_ns()).clamp(0, HOT_NS);
-                    std::thread::sleep(Duration::from_nanos(wait as u64));
-                }
-                Err(Error::Io { path, source }) => {
-                    self.skip(format!("{}: {source}; file left out", path.display()));
-                    return Ok(None);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.skip(format!(
-            "{}: changed while being read, {READ_ATTEMPTS} times; file left out",
-            path.display()
-        ));
-        Ok(None)
-    }
-
-    fn all_known(&self, extents: &[Extent]) -> Result<bool> {
-        for x in extents {
-            if let Extent::Chunk { id, .. } = x {
-                if !self.known(id)? {
-                    return Ok(false);
-                }
-            }
-        }
-        Ok(true)
-    }
-
-    fn read_file(&self, path: &Path) -> Result<Attempt> {
-        let started = now_ns();
-        let mut f = File::open(path).at(path)?;
-        let before = f.metadata().at(path)?;
-        if !before.is_file() {
-            return Ok(Attempt::Changed);
-        }
-        let size = before.len();
-        let regions = data_regions(&f, &before).at(path)?;
-        let mut extents = Vec::new();
-        let mut pos = 0u64;
-        for (start, len) in regions {
-            if start > pos {
-                extents.push(Extent::Hole { len: start - pos });
-            }
-            f.seek(SeekFrom::Start(start)).at(path)?;
-            let mut got = 0u64;
-            let mut sink = |c: &[u8]| -> Result<()> {
-                got += c.len() as u64;
-                let id = BlobId::of(c);
-                self.put_blob(PackKind::Data, id, c)?;
-                extents.push(Extent::Chunk {
-                    id,
-                    len: c.len() as u32,
-                });
-                Progress::add(&self.progress.bytes, c.len() as u64);
-                Ok(())
-            };
-            if len <= u64::from(self.chunker.max) {
-                let mut buf = Vec::with_capacity(len as usize);
-                (&mut f).take(len).read_to_end(&mut buf).at(path)?;
-                chunk_slice(&self.chunker, &buf, &mut sink)?;
-            } else {
-                chunk_reader(&self.chunker, (&mut f).take(len), &mut sink).map_err(|e| match e {
-                    ChunkReadError::Read(source) => Error::io(path, source),
-                    ChunkReadError::Sink(e) => e,
-                })?;
-            }
-            inc(&self.counters.bytes_read, got);
-            if got != len {
-                return Ok(Attempt::Changed);
-            }
-            pos = start + len;
-        }
-        if size > pos {
-            extents.push(Extent::Hole { len: size - pos });
-        }
-        let after = f.metadata().at(path)?;
-        if !same_version(&before, &after) {
-            return Ok(Attempt::Changed);
-        }
-        // The kernel stamps writes with a coarse clock, so writes during the read can leave the
-        // times unchanged if the file was already stamped in the current tick. A file whose mtime
-        // or ctime falls inside the read (with a margin for the tick) may have been written
-        // while it was read: read it again once its clock has moved on.
-        let window = started - HOT_NS..=now_ns() + HOT_NS;
-        if window.contains(&ns(after.mtime(), after.mtime_nsec()))
-            || window.contains(&ns(after.ctime(), after.ctime_nsec()))
-        {
-            return Ok(Attempt::Changed);
-        }
-        Ok(Attempt::Done(extents, before))
-    }
-}
-
-fn same_version(a: &Metadata, b: &Metadata) -> bool {
-    a.len() == b.len()
-        && a.ino() == b.ino()
-        && ns(a.mtime(), a.mtime_nsec()) == ns(b.mtime(), b.mtime_nsec())
-        && ns(a.ctime(), a.ctime_nsec()) == ns(b.ctime(), b.ctime_nsec())
-}
-
-fn stat_matches(c: &StatEntry, md: &Metadata) -> bool {
-    c.size == md.len()
-        && c.ino == md.ino()
-        && c.mtime_ns == ns(md.mtime(), md.mtime_nsec())
-        && c.ctime_ns == ns(md.ctime(), md.ctime_nsec())
-}
-
-/// The `(offset, length)` runs of a file that hold data. A file using fewer blocks than its size
-/// may have holes: ask the file system where the data is. Otherwise it is one run.
-fn data_regions(f: &File, md: &Metadata) -> std::io::Result<Vec<(u64, u64)>> {
-    let size = md.len();
-    if size == 0 {
-        return Ok(Vec::new());
-    }
-    if md.blocks() * 512 >= size {
-        return Ok(vec![(0, size)]);
-    }
-    let mut out = Vec::new();
-    let mut pos = 0u64;
-    while pos < size {
-        let data = match rustix::fs::seek(f, rustix::fs::SeekFrom::Data(pos)) {
-            Ok(d) => d,
-            Err(rustix::io::Errno::NXIO) => break,
-            Err(rustix::io::Errno::INVAL) => return Ok(vec![(0, size)]),
-            Err(e) => return Err(e.into()),
-        };
-        if data >= size {
-            break;
-        }
-        let hole = match rustix::fs::seek(f, rustix::fs::SeekFrom::Hole(data)) {
-            Ok(h) => h.min(size),
-            Err(e) => return Err(e.into()),
-        };
-        out.push((data, hole - data));
-        pos = hole;
-    }
-    Ok(out)
 }
 
 /// This machine's host name (what a backup records unless told otherwise).

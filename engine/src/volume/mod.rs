@@ -13,21 +13,29 @@
 //!
 //! An unfinished restore leaves `.cairn-restoring` (written before anything else, removed after the
 //! marker), so a volume is never mistaken for one with content of its own.
+//!
+//! The agent writes this volume too, so everything here goes through the root's descriptor
+//! ([`dir::Dir`]): the marker and `.cairn-restoring` are opened with `O_NOFOLLOW` (a symlink or
+//! directory planted in their place is removed, never written through), the staging directory is
+//! created and removed by descriptor, and the walks never follow a link or enter another mount.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+mod changes;
+pub mod dir;
+
+pub use changes::{local_changes, LocalChanges};
+use dir::Dir;
+
+use std::ffi::{OsStr, OsString};
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::path::Path;
 
 use cairn_formats::SnapshotId;
-use rayon::prelude::*;
+use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 
 use crate::error::IoContext;
-use crate::meta::{now_ns, ns};
+use crate::meta::now_ns;
 use crate::{Error, Result, RESTORE_MARKER};
 
 /// Written at the root before a restore touches anything, removed after its marker.
@@ -69,12 +77,31 @@ pub struct RestoreMarker {
 
 /// Reads the completion marker of `target`, if there is a valid one and no restore is unfinished.
 pub fn read_marker(target: &Path) -> Option<RestoreMarker> {
-    if target.join(RESTORING_MARKER).exists() {
+    read_marker_in(&Dir::open(target).ok()?)
+}
+
+/// [`read_marker`] of an open volume root.
+pub(crate) fn read_marker_in(root: &Dir) -> Option<RestoreMarker> {
+    if root.stat_at(OsStr::new(RESTORING_MARKER)).is_ok() {
         return None;
     }
-    let bytes = fs::read(target.join(RESTORE_MARKER)).ok()?;
+    let (mut f, st) = root
+        .open_file_beneath(Path::new(RESTORE_MARKER), OFlags::RDONLY)
+        .ok()?;
+    // A marker is a small JSON document; anything larger is not one of ours.
+    if st.size > MARKER_MAX {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    Read::by_ref(&mut f)
+        .take(MARKER_MAX)
+        .read_to_end(&mut bytes)
+        .ok()?;
     serde_json::from_slice(&bytes).ok()
 }
+
+/// The largest marker read (they are a few hundred bytes).
+const MARKER_MAX: u64 = 64 << 10;
 
 /// What a workspace volume holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,116 +121,22 @@ pub enum VolumeState {
 /// # Errors
 /// [`Error::Io`] if the directory cannot be read.
 pub fn inspect(target: &Path) -> Result<VolumeState> {
-    let rd = match fs::read_dir(target) {
-        Ok(rd) => rd,
+    let root = match Dir::open(target) {
+        Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(VolumeState::Empty),
         Err(e) => return Err(Error::io(target, e)),
     };
-    if target.join(RESTORING_MARKER).exists() {
+    if root.stat_at(OsStr::new(RESTORING_MARKER)).is_ok() {
         return Ok(VolumeState::Restoring);
     }
-    if let Some(m) = read_marker(target) {
+    if let Some(m) = read_marker_in(&root) {
         return Ok(VolumeState::Marked(m));
     }
-    for ent in rd {
-        let ent = ent.at(target)?;
-        if !is_volume_file(ent.file_name().as_bytes()) {
-            return Ok(VolumeState::Unmarked);
-        }
+    let names = root.names().at(target)?;
+    if names.iter().any(|n| !is_volume_file(n.as_bytes())) {
+        return Ok(VolumeState::Unmarked);
     }
     Ok(VolumeState::Empty)
-}
-
-/// Local changes found on a volume.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct LocalChanges {
-    /// Whether anything changed since the marker (or whether that cannot be known).
-    pub changed: bool,
-    /// Up to a few changed paths, relative to the volume root, for the report.
-    pub examples: Vec<String>,
-}
-
-/// How many changed paths a report names.
-const EXAMPLES: usize = 5;
-
-/// Finds changes made on `target` after `marker` was written (see the module docs). Stops early
-/// once a few are found.
-///
-/// # Errors
-/// [`Error::Io`] if the root cannot be read (unreadable entries below it count as changed).
-pub fn local_changes(target: &Path, marker: &RestoreMarker) -> Result<LocalChanges> {
-    let Some(since) = marker.synced_ns.map(i128::from) else {
-        return Ok(LocalChanges {
-            changed: true,
-            examples: vec!["(the marker does not say when the volume was last in sync)".into()],
-        });
-    };
-    let found = Found::default();
-    let root = fs::symlink_metadata(target).at(target)?;
-    let top_level_moved = match marker.root_mtime_ns {
-        Some(m) => i128::from(m) != ns(root.mtime(), root.mtime_nsec()),
-        None => true,
-    };
-    if top_level_moved {
-        found.add("(top-level entries added or removed)".into());
-    }
-    let names: Vec<_> = fs::read_dir(target)
-        .at(target)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name())
-        .filter(|n| !is_volume_file(n.as_bytes()))
-        .collect();
-    if marker.snapshot.is_none() && !names.is_empty() {
-        found.add(names[0].to_string_lossy().into_owned());
-    }
-    names
-        .par_iter()
-        .for_each(|n| walk(&target.join(n), &PathBuf::from(n), since, &found));
-    let examples = found.examples.into_inner().unwrap_or_else(|p| p.into_inner());
-    Ok(LocalChanges {
-        changed: !examples.is_empty(),
-        examples,
-    })
-}
-
-#[derive(Default)]
-struct Found {
-    enough: AtomicBool,
-    examples: Mutex<Vec<String>>,
-}
-
-impl Found {
-    fn add(&self, what: String) {
-        let mut v = self.examples.lock().unwrap_or_else(|p| p.into_inner());
-        if v.len() < EXAMPLES {
-            v.push(what);
-        }
-        if v.len() >= EXAMPLES {
-            self.enough.store(true, Ordering::Relaxed);
-        }
-    }
-}
-
-fn walk(path: &Path, rel: &Path, since: i128, found: &Found) {
-    if found.enough.load(Ordering::Relaxed) {
-        return;
-    }
-    let md = match fs::symlink_metadata(path) {
-        Ok(md) => md,
-        Err(_) => return found.add(format!("{} (unreadable)", rel.display())),
-    };
-    if ns(md.ctime(), md.ctime_nsec()) >= since {
-        found.add(rel.display().to_string());
-    }
-    if md.is_dir() {
-        let Ok(rd) = fs::read_dir(path) else {
-            return found.add(format!("{} (unreadable)", rel.display()));
-        };
-        let names: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
-        names
-            .par_iter()
-            .for_each(|n| walk(&path.join(n), &rel.join(n), since, found));
-    }
 }
 
 /// A nanosecond time as the marker stores it (`None` past the year 2262: "unknown", which is safe).
@@ -211,12 +144,11 @@ pub(crate) fn marker_ns(t: i128) -> Option<i64> {
     i64::try_from(t).ok()
 }
 
-/// Records in `m` that the volume at `target` is in sync from now on, with its root's mtime as it
-/// is now.
-pub(crate) fn mark_synced(target: &Path, m: &mut RestoreMarker) -> Result<()> {
-    let md = fs::symlink_metadata(target).at(target)?;
-    m.root_mtime_ns = marker_ns(ns(md.mtime(), md.mtime_nsec()));
-    m.synced_ns = marker_ns(now_ns());
+/// Records in `m` that the volume is in sync from `synced` on, with its root's mtime as it is now.
+pub(crate) fn mark_synced(root: &Dir, target: &Path, m: &mut RestoreMarker, synced: i128) -> Result<()> {
+    let st = root.stat().at(target)?;
+    m.root_mtime_ns = marker_ns(st.mtime_ns());
+    m.synced_ns = marker_ns(synced);
     Ok(())
 }
 
@@ -225,6 +157,7 @@ pub(crate) fn mark_synced(target: &Path, m: &mut RestoreMarker) -> Result<()> {
 /// # Errors
 /// [`Error::Io`] naming the marker.
 pub fn mark_empty(target: &Path, workspace: &str) -> Result<()> {
+    let root = Dir::open(target).at(target)?;
     let mut m = RestoreMarker {
         workspace: workspace.to_string(),
         snapshot: None,
@@ -234,9 +167,9 @@ pub fn mark_empty(target: &Path, workspace: &str) -> Result<()> {
         synced_ns: None,
         root_mtime_ns: None,
     };
-    write_marker(target, &m)?;
-    mark_synced(target, &mut m)?;
-    rewrite_marker(target, &m)
+    write_marker(&root, target, &m)?;
+    mark_synced(&root, target, &mut m, now_ns())?;
+    rewrite_marker(&root, target, &m)
 }
 
 /// Writes `marker` on a volume with content of unknown origin, so the backup that follows can
@@ -245,61 +178,64 @@ pub fn mark_empty(target: &Path, workspace: &str) -> Result<()> {
 /// # Errors
 /// [`Error::Io`] naming the marker.
 pub fn adopt_volume(target: &Path, marker: &RestoreMarker) -> Result<()> {
-    write_marker(target, marker)
+    write_marker(&Dir::open(target).at(target)?, target, marker)
 }
 
-/// Writes `marker` as a new file (temp file, fsync, rename, directory fsync).
-pub(crate) fn write_marker(target: &Path, marker: &RestoreMarker) -> Result<()> {
+/// Writes `marker` as a new file (temp file, fsync, rename, directory fsync), all by the root's
+/// descriptor.
+pub(crate) fn write_marker(root: &Dir, target: &Path, marker: &RestoreMarker) -> Result<()> {
     let path = target.join(RESTORE_MARKER);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".cairn-marker-")
-        .tempfile_in(target)
-        .at(target)?;
-    serde_json::to_writer_pretty(&mut tmp, marker).map_err(|e| Error::io(&path, e.into()))?;
-    tmp.as_file().sync_all().at(&path)?;
-    tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
-    File::open(target).and_then(|d| d.sync_all()).at(target)
+    let body = serde_json::to_vec_pretty(marker).map_err(|e| Error::io(&path, e.into()))?;
+    let tmp = OsString::from(format!(".cairn-marker-{:016x}", rand::random::<u64>()));
+    let mut f = root.create_file(&tmp, 0o644).at(target.join(&tmp))?;
+    let written = f.write_all(&body).and_then(|()| f.sync_all());
+    if let Err(e) = written.and_then(|()| root.rename(&tmp, root, OsStr::new(RESTORE_MARKER))) {
+        let _ = root.remove_file(&tmp);
+        return Err(Error::io(&path, e));
+    }
+    root.sync().at(target)
 }
 
 /// Rewrites the existing marker in place, so the root directory's times do not move. A write cut
 /// short leaves a marker that does not parse, which reads as "changes unknown": safe.
-pub(crate) fn rewrite_marker(target: &Path, marker: &RestoreMarker) -> Result<()> {
-    let path = target.join(RESTORE_MARKER);
-    let mut body = serde_json::to_vec_pretty(marker).map_err(|e| Error::io(&path, e.into()))?;
-    body.push(b'\n');
-    let mut f = OpenOptions::new()
-        .write(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(&path)
-        .at(&path)?;
-    f.write_all(&body).at(&path)?;
-    f.set_len(body.len() as u64).at(&path)?;
-    f.sync_data().at(&path)
+pub(crate) fn rewrite_marker(root: &Dir, target: &Path, marker: &RestoreMarker) -> Result<()> {
+    rewrite_marker_in(root, marker).at(target.join(RESTORE_MARKER))
 }
 
-/// Writes `.cairn-restoring` (before a restore changes anything).
-pub(crate) fn begin_restore(target: &Path, what: &str) -> Result<()> {
+/// [`rewrite_marker`] without a path for messages (the backup's, which only warns).
+pub(crate) fn rewrite_marker_in(root: &Dir, marker: &RestoreMarker) -> std::io::Result<()> {
+    let mut body = serde_json::to_vec_pretty(marker)?;
+    body.push(b'\n');
+    let (mut f, _) = root.open_file_beneath(Path::new(RESTORE_MARKER), OFlags::WRONLY)?;
+    f.write_all(&body)?;
+    f.set_len(body.len() as u64)?;
+    f.sync_data()
+}
+
+/// Writes `.cairn-restoring` (before a restore changes anything). Whatever is in its place (a
+/// symlink, a directory) is removed first, never written through.
+pub(crate) fn begin_restore(root: &Dir, target: &Path, what: &str) -> Result<()> {
+    let name = OsStr::new(RESTORING_MARKER);
     let path = target.join(RESTORING_MARKER);
-    fs::write(&path, format!("{what}\n")).at(&path)?;
-    File::open(&path).and_then(|f| f.sync_all()).at(&path)?;
-    File::open(target).and_then(|d| d.sync_all()).at(target)
+    root.remove(name).at(&path)?;
+    let mut f = root.create_file(name, 0o644).at(&path)?;
+    f.write_all(format!("{what}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .at(&path)?;
+    root.sync().at(target)
 }
 
 /// Removes `.cairn-restoring` and the staging directory (after the marker is written).
-pub(crate) fn end_restore(target: &Path) -> Result<()> {
-    remove_staging(target)?;
-    let path = target.join(RESTORING_MARKER);
-    match fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(&path, e)),
-    }
-    File::open(target).and_then(|d| d.sync_all()).at(target)
+pub(crate) fn end_restore(root: &Dir, target: &Path) -> Result<()> {
+    remove_staging(root, target)?;
+    root.remove(OsStr::new(RESTORING_MARKER))
+        .at(target.join(RESTORING_MARKER))?;
+    root.sync().at(target)
 }
 
 /// Removes a staging directory an earlier restore left.
-pub(crate) fn remove_staging(target: &Path) -> Result<()> {
-    crate::restore::clear(&target.join(STAGING_DIR))
+pub(crate) fn remove_staging(root: &Dir, target: &Path) -> Result<()> {
+    root.remove(OsStr::new(STAGING_DIR)).at(target.join(STAGING_DIR))
 }
 
 /// Snapshot ids as hex strings in the marker's JSON.
