@@ -165,6 +165,7 @@ async fn a_backup_that_deduplicated_before_the_condemnation_resurrects_what_it_u
         cache_dir: t.cache_dir(),
         tags: vec![],
         host: Some("slow".into()),
+        freeze: Default::default(),
     };
     let b = tokio::spawn(async move { backup(&slow, &bopts, Arc::new(Progress::default())).await });
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -408,6 +409,7 @@ async fn pod_backup(
         cache_dir: t.scratch(cache),
         tags: vec![],
         host: Some(cache.into()),
+        freeze: Default::default(),
         max_session: Duration::from_secs(3600),
         dedup_fetches: fetches,
     };
@@ -656,6 +658,7 @@ async fn mostly_empty_packs_are_rewritten_a_window_later_keeping_what_late_backu
         cache_dir: t.cache_dir(),
         tags: vec![],
         host: Some("slow".into()),
+        freeze: Default::default(),
     };
     let b = tokio::spawn(async move { backup(&slow, &bopts, Arc::new(Progress::default())).await });
     tokio::time::sleep(Duration::from_millis(400)).await;

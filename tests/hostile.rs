@@ -52,6 +52,7 @@ async fn backup_uncached(t: &TestRepo, ws: &str, source: &Path, i: usize) -> cai
         cache_dir: t.scratch(&format!("cache-{i}")),
         tags: vec![],
         host: Some("test".into()),
+        freeze: Default::default(),
     };
     let r = backup(&t.repo, &opts, Arc::new(Progress::default()))
         .await

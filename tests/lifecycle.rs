@@ -225,7 +225,12 @@ fn concurrent_flushes_share_one_checkpoint_with_hooks_and_metrics() {
     // the fresh workspace age past it, so the last assertion can say "nothing re-read".
     std::thread::sleep(Duration::from_millis(2100));
     let hooks = pod.path("hooks.log");
-    let pre = format!("echo pre-$CAIRN_HOOK >> {}; sleep 1", hooks.display());
+    let cwd = pod.path("hook-cwd.log");
+    let pre = format!(
+        "echo pre-$CAIRN_HOOK >> {}; pwd -P > {}; sleep 1",
+        hooks.display(),
+        cwd.display()
+    );
     let post = format!("echo post-$CAIRN_HOOK >> {}", hooks.display());
     pod.start(&[
         "--interval",
@@ -252,6 +257,11 @@ fn concurrent_flushes_share_one_checkpoint_with_hooks_and_metrics() {
     assert_eq!(
         std::fs::read_to_string(&hooks).expect("hooks ran"),
         "pre-pre\npost-post\n"
+    );
+    // Hooks run in the workspace root, entered through the sidecar's own descriptor.
+    assert_eq!(
+        std::fs::read_to_string(&cwd).expect("hook cwd").trim(),
+        pod.ws().canonicalize().expect("ws").to_str().expect("utf-8")
     );
     let m = pod.metrics();
     assert!(

@@ -10,6 +10,7 @@
 //! - `cloud`     S3 and GCS against servers the suite starts; retries; injected faults; outages
 //! - `cli`       the `initctl` binary: commands, env vars, JSON, exit codes
 //! - `gc`        garbage collection: condemn, wait, sweep, resurrection; writers, forks, restores and GC at once
+//! - `live`      live databases (PostgreSQL, SQLite) checkpointed on frozen XFS and ext4 images
 //! - `lifecycle` the `sidecar` daemon and killed backups, with real processes and signals
 //! - `prepare`   items prepared once per machine (corpus, images): one build for many askers
 //! - `corpus`    the realistic agent workspace from `shared/corpus/make-workspace.sh`, end to end
@@ -24,6 +25,7 @@ mod gc;
 mod hostile;
 mod incremental;
 mod lifecycle;
+mod live;
 mod prepare;
 mod restore_safety;
 mod roundtrip;

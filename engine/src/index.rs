@@ -62,6 +62,10 @@ pub struct StatEntry {
 }
 
 impl StatEntry {
+    /// The ctime of an entry that only records a file's last good version: it never matches a
+    /// real ctime, so it never lets a backup skip reading the file.
+    pub const UNTRUSTED: i128 = i128::MIN;
+
     /// A file's identity from its `lstat`, and its content.
     pub(crate) fn of(st: &crate::volume::dir::Stat, extents: Vec<Extent>) -> Self {
         StatEntry {

@@ -43,7 +43,8 @@ mod verify;
 mod volume;
 
 pub use backup::{
-    backup, hostname, max_session_from_env, BackupOptions, BackupReport, MAX_DEPTH, MAX_RECORDS,
+    backup, freezable, freeze_hold_from_env, hostname, max_session_from_env, thaw_leftover, BackupOptions,
+    BackupReport, Consistency, Freezable, FreezeMode, FreezeOptions, MAX_DEPTH, MAX_RECORDS,
 };
 pub use check::{check, CheckReport};
 pub use chunker::{chunk_reader, chunk_slice, ChunkReadError};

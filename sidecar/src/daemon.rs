@@ -174,6 +174,15 @@ impl Daemon {
                     .inc_by(s.bytes_read.saturating_sub(s.new_bytes));
                 self.metrics.files_read.inc_by(s.files_read);
                 self.metrics.files.set(i64::try_from(s.files).unwrap_or(i64::MAX));
+                let c = &r.consistency;
+                let mode = if c.point_in_time { "point_in_time" } else { "live" };
+                self.metrics
+                    .consistency
+                    .get_or_create(&crate::metrics::Consistency { mode: mode.into() })
+                    .inc();
+                if c.point_in_time {
+                    self.metrics.frozen.observe(c.frozen_seconds);
+                }
                 let v = json!({
                     "ok": true,
                     "kind": kind.name(),
@@ -185,6 +194,9 @@ impl Daemon {
                     "bytes_read": s.bytes_read,
                     "uploaded_bytes": s.uploaded_bytes,
                     "skipped": s.skipped,
+                    "point_in_time": c.point_in_time,
+                    "frozen_seconds": c.frozen_seconds,
+                    "not_point_in_time_because": c.fallback,
                     "seconds": seconds,
                 });
                 for w in &r.warnings {
@@ -195,6 +207,8 @@ impl Daemon {
                     snapshot = %r.snapshot.to_hex(),
                     files_read = s.files_read,
                     uploaded_bytes = s.uploaded_bytes,
+                    point_in_time = c.point_in_time,
+                    frozen_ms = c.frozen_seconds * 1e3,
                     seconds,
                     "checkpoint sealed"
                 );
@@ -222,7 +236,7 @@ impl Daemon {
             .get()
             .ok_or_else(|| anyhow!("the repository is not open yet"))?;
         if let Some(cmd) = &self.args.pre_hook {
-            run_hook("pre", cmd, &self.args.workspace).await?;
+            run_hook("pre", cmd, &self.args.workspace, &self.args.source).await?;
         }
         let opts = BackupOptions {
             max_session: cairn_engine::max_session_from_env(),
@@ -232,10 +246,15 @@ impl Daemon {
             cache_dir: self.args.cache_dir.clone().unwrap_or_else(default_cache_dir),
             tags: vec![],
             host: Some(self.host.clone()),
+            freeze: cairn_engine::FreezeOptions {
+                mode: self.args.freeze,
+                deadline: self.args.freeze_deadline,
+                hold: cairn_engine::freeze_hold_from_env().map_err(anyhow::Error::msg)?,
+            },
         };
         let result = backup(repo, &opts, Arc::new(Progress::default())).await;
         if let Some(cmd) = &self.args.post_hook {
-            if let Err(e) = run_hook("post", cmd, &self.args.workspace).await {
+            if let Err(e) = run_hook("post", cmd, &self.args.workspace, &self.args.source).await {
                 tracing::warn!(error = format!("{e:#}"), "post-checkpoint hook failed");
             }
         }
@@ -274,11 +293,20 @@ fn labels(kind: Kind, result: &str) -> Run {
     }
 }
 
-async fn run_hook(which: &str, cmd: &str, workspace: &str) -> anyhow::Result<()> {
+/// Runs a quiesce hook with `sh -c`, in the workspace root. The root is opened once without
+/// following a symlink, and the hook enters it through that descriptor (`/proc/self/fd/N`, which
+/// the child resolves in its own copy of the descriptor table before it execs): the agent cannot
+/// make it start anywhere else by swapping the path.
+async fn run_hook(which: &str, cmd: &str, workspace: &str, source: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let root = cairn_engine::WorkspaceDir::open(source)
+        .with_context(|| format!("{which}-checkpoint hook: opening {}", source.display()))?;
     let status = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
+        .current_dir(format!("/proc/self/fd/{}", root.fd().as_raw_fd()))
         .env("CAIRN_WORKSPACE", workspace)
+        .env("CAIRN_SOURCE", source)
         .env("CAIRN_HOOK", which)
         .status()
         .await
@@ -296,6 +324,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let host = cairn_engine::pod_host(args.host.clone());
     let heartbeat = HeartbeatWriter::new(&args.workspace, &host).context("--host")?;
+    // A sidecar killed (with its freeze guard) while a checkpoint held the workspace frozen left
+    // the agent's writes blocked: thaw first (logged if it was).
+    cairn_engine::thaw_leftover(&args.cache_dir.clone().unwrap_or_else(default_cache_dir));
     let d = Arc::new(Daemon {
         args: args.clone(),
         repo: OnceCell::new(),

@@ -74,6 +74,14 @@ pub struct RunArgs {
     /// Shell command run after each checkpoint, whatever its outcome.
     #[arg(long, env = "CAIRN_POST_HOOK")]
     pub post_hook: Option<String>,
+    /// Freeze the workspace's file system while a checkpoint fixes its instant: auto (where the
+    /// workspace is a file system of its own), always, or never.
+    #[arg(long, env = "CAIRN_FREEZE", default_value = "auto")]
+    pub freeze: cairn_engine::FreezeMode,
+    /// The longest a freeze may last; past it the file system is thawed and the checkpoint reads
+    /// the volume live.
+    #[arg(long, env = "CAIRN_FREEZE_DEADLINE", default_value = "2s", value_parser = cairn_engine::parse_duration_arg)]
+    pub freeze_deadline: Duration,
     /// Time between heartbeats (`heartbeats/<workspace>/<host>` in the store); 0 turns them off.
     #[arg(long, env = "CAIRN_HEARTBEAT_INTERVAL", default_value = "60s", value_parser = cairn_engine::parse_duration_arg)]
     pub heartbeat_interval: Duration,

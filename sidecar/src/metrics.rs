@@ -40,6 +40,15 @@ pub struct Metrics {
     pub bytes_deduplicated: Counter,
     pub files_read: Counter,
     pub files: Gauge,
+    pub frozen: Histogram,
+    pub consistency: Family<Consistency, Counter>,
+}
+
+/// Labels of `cairn_checkpoint_consistency_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Consistency {
+    /// `point_in_time` (frozen throughout) or `live` (read as it was changing).
+    pub mode: String,
 }
 
 impl Metrics {
@@ -55,6 +64,18 @@ impl Metrics {
             Counter::default(),
         );
         let files = Gauge::default();
+        let frozen = Histogram::new([0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0]);
+        let consistency = Family::<Consistency, Counter>::default();
+        registry.register(
+            "freeze_seconds",
+            "How long checkpoints held the workspace's file system frozen",
+            frozen.clone(),
+        );
+        registry.register(
+            "checkpoint_consistency",
+            "Checkpoints by how their instant was fixed: point_in_time (frozen) or live (no freeze: see the log)",
+            consistency.clone(),
+        );
         let store_requests = Family::<Op, Counter>::default();
         let store_bytes = Family::<Op, Counter>::default();
         registry.register(
@@ -120,6 +141,8 @@ impl Metrics {
             bytes_deduplicated,
             files_read,
             files,
+            frozen,
+            consistency,
         }
     }
 

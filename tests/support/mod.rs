@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod fsimage;
+pub mod pg;
 pub mod servers;
 
 use std::collections::{BTreeMap, HashMap};
@@ -95,6 +97,7 @@ impl TestRepo {
             cache_dir: self.cache_dir(),
             tags: vec![],
             host: Some("test".into()),
+            freeze: Default::default(),
         };
         backup(&self.repo, &opts, Arc::new(Progress::default())).await
     }

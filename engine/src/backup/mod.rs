@@ -36,8 +36,14 @@ use crate::store::{PutMode, StoreExt};
 use crate::volume::{self, dir::Dir};
 use crate::{Error, Result};
 
+mod freeze;
 mod walk;
 
+use freeze::Frozen;
+pub use freeze::{
+    freezable, hold_from_env as freeze_hold_from_env, thaw_leftover, Consistency, Freezable, FreezeMode,
+    FreezeOptions,
+};
 pub use walk::MAX_DEPTH;
 
 /// The most index records a snapshot cites (see the consolidation in [`backup`]).
@@ -73,6 +79,9 @@ pub struct BackupOptions {
     /// (0: only the parent, the base and what this cache learned before); see
     /// [`crate::dedup_fetches_from_env`].
     pub dedup_fetches: usize,
+    /// Whether to freeze the workspace's file system to fix the checkpoint's instant
+    /// (`freeze.rs`); see [`FreezeOptions::from_env`].
+    pub freeze: FreezeOptions,
 }
 
 /// The session limit: `CAIRN_MAX_SESSION` (like `90m`), else one hour.
@@ -119,6 +128,8 @@ pub struct BackupReport {
     pub warnings: Vec<String>,
     /// What the compacted index contributed.
     pub global: crate::GlobalDedup,
+    /// How the checkpoint's instant was fixed (frozen, and for how long, or why not).
+    pub consistency: Consistency,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -171,6 +182,22 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         },
     };
 
+    // Whether this checkpoint can be fixed at one instant by freezing the file system.
+    let freezable = match opts.freeze.mode {
+        FreezeMode::Never => Err("freezing is off (CAIRN_FREEZE=never)".to_string()),
+        mode => {
+            freeze::thaw_leftover(&opts.cache_dir);
+            let f = freeze::freezable(&opts.source, &opts.cache_dir);
+            if let (FreezeMode::Always, Err(why)) = (mode, &f) {
+                return Err(Error::Invalid(format!(
+                    "{}: cannot freeze the workspace ({why}); set CAIRN_FREEZE=auto to read it live instead",
+                    opts.source.display()
+                )));
+            }
+            f
+        }
+    };
+
     let (tx, rx) = mpsc::channel::<FinishedPack>(UPLOAD_QUEUE);
     let uploader = tokio::spawn(upload_loop(repo.clone(), index.clone(), rx, progress.clone()));
     let session = Arc::new(Session {
@@ -200,26 +227,29 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         progress,
         racy_after_ns: timestamp_ns(time) - RACY_WINDOW_NS,
         source: opts.source.clone(),
+        staging: std::sync::RwLock::new(None),
     });
 
     let walker = session.clone();
     let source = Arc::new(source);
     let walk_root = source.clone();
-    let walked = tokio::task::spawn_blocking(move || -> Result<(BlobId, cairn_formats::Meta)> {
-        let (tree, meta) = walker.root(&walk_root)?;
-        walker.flush(PackKind::Data)?;
-        walker.flush(PackKind::Meta)?;
-        Ok((tree, meta))
-    })
-    .await
-    .map_err(|e| Error::Invalid(format!("backup walker panicked: {e}")))?;
+    let (freeze_opts, cache_dir) = (opts.freeze, opts.cache_dir.clone());
+    let walked =
+        tokio::task::spawn_blocking(move || -> Result<(BlobId, cairn_formats::Meta, Consistency)> {
+            let (tree, meta, consistency) = walker.capture(&walk_root, freezable, freeze_opts, &cache_dir)?;
+            walker.flush(PackKind::Data)?;
+            walker.flush(PackKind::Meta)?;
+            Ok((tree, meta, consistency))
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("backup walker panicked: {e}")))?;
     session.tx.lock().expect("invariant: lock not poisoned").take();
     let uploaded = uploader
         .await
         .map_err(|e| Error::Invalid(format!("uploader panicked: {e}")))?;
     // An upload failure stops the walker with a closed channel; report the upload's error.
     let uploaded = uploaded?;
-    let (root, root_meta) = walked?;
+    let (root, root_meta, consistency) = walked?;
 
     // Index record: the packs this session wrote, plus packs earlier unfinished sessions wrote
     // that this snapshot references (adopted, so every referenced blob is located by a record).
@@ -334,6 +364,7 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         stats,
         warnings,
         global: session.global.report(),
+        consistency,
         elapsed: started.elapsed(),
     })
 }
@@ -521,6 +552,23 @@ impl Counters {
     }
 }
 
+impl Counters {
+    /// Forgets what a walk counted (before it is done again); what was stored stays counted.
+    fn reset_walk(&self) {
+        for a in [
+            &self.files,
+            &self.dirs,
+            &self.others,
+            &self.bytes,
+            &self.files_read,
+            &self.bytes_read,
+            &self.skipped,
+        ] {
+            a.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 fn inc(a: &AtomicU64, n: u64) {
     a.fetch_add(n, Ordering::Relaxed);
 }
@@ -553,6 +601,8 @@ struct Session {
     racy_after_ns: i128,
     /// The source path, for messages (every access goes through descriptors).
     source: PathBuf,
+    /// Where changed files' bytes go while the file system is frozen (capture mode).
+    staging: std::sync::RwLock<Option<Arc<walk::Staging>>>,
 }
 
 /// How a snapshot that reuses a stored pack's blobs locates them.

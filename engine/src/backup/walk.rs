@@ -5,6 +5,13 @@
 //! read": it is looked at again, and left out with a warning if it keeps changing, never stored
 //! as the content of whatever took its place. Nothing is followed, nothing on another mount is
 //! entered, and special files are never opened.
+//!
+//! Two modes. Live (the volume is read as it is): each directory's tree is encoded as soon as its
+//! entries are done, and a file that keeps changing while it is read keeps its version from the
+//! previous backup (or, with none, is stored as last read), with a warning, never left out.
+//! Capture (the file system is frozen, `freeze.rs`): a changed file's bytes are copied to the
+//! staging directory instead of read into the pipeline, and the trees above it wait as
+//! [`Pending`] until [`Session::complete`] chunks the staged copies after the thaw.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Seek, SeekFrom};
@@ -17,7 +24,7 @@ use cairn_formats::{BlobId, Entry, Extent, Meta, Node, PackKind, Tree};
 use rayon::prelude::*;
 use rustix::fs::FileType;
 
-use super::{inc, Session, READ_ATTEMPTS};
+use super::{inc, Consistency, Freezable, FreezeMode, FreezeOptions, Frozen, Session, READ_ATTEMPTS};
 use crate::chunker::{chunk_reader, chunk_slice, ChunkReadError};
 use crate::index::StatEntry;
 use crate::meta::{now_ns, read_meta, XattrsOf};
@@ -25,6 +32,9 @@ use crate::progress::Progress;
 use crate::volume::dir::{fstat, is_mount, is_not_dir, same_entry, Dir, OpenedFile, Stat};
 use crate::volume::is_volume_file;
 use crate::{Error, Result};
+use std::fs::File;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 /// Margin for the file system's timestamp tick (jiffies: 1-10 ms) when deciding whether a file
 /// was written while it was read.
@@ -33,16 +43,157 @@ const HOT_NS: i128 = 50_000_000;
 /// `PATH_MAX` to stop a hostile tree; this bounds the walk's stack and its open descriptors.
 pub const MAX_DEPTH: usize = 400;
 
-/// How one look at an entry ended.
+/// How one look at an entry ended (a return value that lives for one call: its size does not
+/// matter).
+#[allow(clippy::large_enum_variant)]
 enum Step {
-    Done(Entry),
+    Done(Walked),
     /// Not there any more, or left out with a warning already given.
     Gone,
     /// It changed while being read (the reason, for the warning if it keeps changing).
     Changed(String),
 }
 
+/// A walked entry: finished, or waiting for staged content (capture mode).
+pub(super) enum Walked {
+    Ready(Entry),
+    /// A file whose bytes at the instant are in the staging directory: `entry` has no extents
+    /// yet; `stat` is the file's own, for the stat cache.
+    Staged {
+        entry: Entry,
+        staged: u32,
+        stat: Stat,
+        rel: Vec<u8>,
+    },
+    /// A directory with staged content below it.
+    Dir {
+        name: Vec<u8>,
+        meta: Meta,
+        below: Pending,
+    },
+}
+
+/// A directory's entries, some of them waiting for staged content.
+pub(super) struct Pending(Vec<Walked>);
+
+/// A directory's tree: encoded, or pending.
+pub(super) enum TreeOf {
+    Done(BlobId),
+    Pending(Pending),
+}
+
+/// Capture mode's staging: changed files' bytes copied off the frozen file system.
+pub(super) struct Staging {
+    pub dir: Dir,
+    pub next: AtomicU32,
+}
+
 impl Session {
+    /// Walks the workspace into its root tree: frozen, so at one instant, where `freezable`
+    /// allows (see `freeze.rs`), else live. Returns the tree, the root's metadata and how the
+    /// instant was fixed.
+    pub(super) fn capture(
+        &self,
+        root: &Dir,
+        freezable: std::result::Result<Freezable, String>,
+        opts: FreezeOptions,
+        cache_dir: &Path,
+    ) -> Result<(BlobId, Meta, Consistency)> {
+        let fs = match freezable {
+            Ok(fs) => fs,
+            Err(why) => return self.live(root, Some(why)),
+        };
+        let path = cache_dir.join(format!(
+            "staging-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        let staged = (|| {
+            let staging = Arc::new(Staging {
+                dir: Dir::open(&path).map_err(|e| Error::io(&path, e))?,
+                next: AtomicU32::new(0),
+            });
+            let frozen = match Frozen::freeze(&fs, cache_dir, opts.deadline) {
+                Ok(f) => f,
+                Err(why) if opts.mode == FreezeMode::Always => {
+                    return Err(Error::Invalid(format!("{}: {why}", self.source.display())))
+                }
+                Err(why) => return self.live(root, Some(why)),
+            };
+            self.set_staging(Some(staging.clone()));
+            let walked = self.root(root);
+            self.set_staging(None);
+            if !opts.hold.is_zero() {
+                std::thread::sleep(opts.hold);
+            }
+            let held = frozen.thaw();
+            let (tree, meta) = walked?;
+            if held > opts.deadline {
+                // The guard thawed the file system before the capture ended: what was copied
+                // after that is not of the instant, and may be torn. Read it all again, live.
+                let why = format!(
+                    "the capture took {held:.2?}, past the freeze deadline of {:?} (CAIRN_FREEZE_DEADLINE)",
+                    opts.deadline
+                );
+                if opts.mode == FreezeMode::Always {
+                    return Err(Error::Invalid(format!("{}: {why}", self.source.display())));
+                }
+                self.counters.reset_walk();
+                self.warnings
+                    .lock()
+                    .expect("invariant: lock not poisoned")
+                    .clear();
+                return self.live(root, Some(why));
+            }
+            let id = match tree {
+                TreeOf::Done(id) => id,
+                TreeOf::Pending(p) => self.complete(&staging, p)?,
+            };
+            tracing::info!(frozen_ms = held.as_secs_f64() * 1e3, fs = %fs.fstype, "point-in-time checkpoint");
+            Ok((
+                id,
+                meta,
+                Consistency {
+                    point_in_time: true,
+                    frozen_seconds: held.as_secs_f64(),
+                    fallback: None,
+                },
+            ))
+        })();
+        let _ = std::fs::remove_dir_all(&path);
+        staged
+    }
+
+    /// The walk of the live volume (no freeze), with why it is not point in time.
+    fn live(&self, root: &Dir, why: Option<String>) -> Result<(BlobId, Meta, Consistency)> {
+        if let Some(why) = &why {
+            tracing::warn!(source = %self.source.display(), "not a point-in-time checkpoint: {why}");
+        }
+        let (tree, meta) = self.root(root)?;
+        let id = match tree {
+            TreeOf::Done(id) => id,
+            TreeOf::Pending(_) => unreachable!("nothing is staged without a freeze"),
+        };
+        Ok((
+            id,
+            meta,
+            Consistency {
+                point_in_time: false,
+                frozen_seconds: 0.0,
+                fallback: why,
+            },
+        ))
+    }
+
+    fn set_staging(&self, s: Option<Arc<Staging>>) {
+        *self.staging.write().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    fn staging_on(&self) -> bool {
+        self.staging.read().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
     /// The path of `rel` for messages.
     fn show(&self, rel: &[u8]) -> PathBuf {
         if rel.is_empty() {
@@ -52,9 +203,9 @@ impl Session {
         }
     }
 
-    /// Backs up the root directory `root` (opened at the source path) and returns its tree id
-    /// and metadata.
-    pub(super) fn root(&self, root: &Dir) -> Result<(BlobId, Meta)> {
+    /// Backs up the root directory `root` (opened at the source path) and returns its tree and
+    /// metadata.
+    pub(super) fn root(&self, root: &Dir) -> Result<(TreeOf, Meta)> {
         let st = root.stat().map_err(|e| Error::io(&self.source, e))?;
         let tree = self.dir(root, &st, b"", 0)?;
         let mut warn = |w: String| self.warn(w);
@@ -62,9 +213,8 @@ impl Session {
         Ok((tree, meta))
     }
 
-    /// Backs up the directory `dir` (`rel` from the root, `st` its `fstat`) and returns its tree
-    /// id.
-    fn dir(&self, dir: &Dir, st: &Stat, rel: &[u8], depth: usize) -> Result<BlobId> {
+    /// Backs up the directory `dir` (`rel` from the root, `st` its `fstat`) and returns its tree.
+    fn dir(&self, dir: &Dir, st: &Stat, rel: &[u8], depth: usize) -> Result<TreeOf> {
         let mut names = dir.names().map_err(|e| Error::io(self.show(rel), e))?;
         if rel.is_empty() {
             names.retain(|n| !is_volume_file(n.as_bytes()));
@@ -72,7 +222,7 @@ impl Session {
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         inc(&self.counters.dirs, 1);
         Progress::add(&self.progress.entries, 1);
-        let entries: Vec<Result<Option<Entry>>> = names
+        let entries: Vec<Result<Option<Walked>>> = names
             .par_iter()
             .map(|name| {
                 let mut child = Vec::with_capacity(rel.len() + 1 + name.len());
@@ -84,16 +234,86 @@ impl Session {
                 self.entry(dir, st.dev, name, &child, depth)
             })
             .collect();
-        let mut tree = Tree::default();
+        let mut walked = Vec::with_capacity(entries.len());
         for e in entries {
             if let Some(e) = e? {
-                tree.entries.push(e);
+                walked.push(e);
             }
         }
-        let bytes = tree.encode();
+        if walked.iter().all(|w| matches!(w, Walked::Ready(_))) {
+            let entries = walked
+                .into_iter()
+                .map(|w| match w {
+                    Walked::Ready(e) => e,
+                    _ => unreachable!("all ready"),
+                })
+                .collect();
+            return Ok(TreeOf::Done(self.put_tree(entries)?));
+        }
+        Ok(TreeOf::Pending(Pending(walked)))
+    }
+
+    /// Encodes and stores a directory's tree.
+    fn put_tree(&self, entries: Vec<Entry>) -> Result<BlobId> {
+        let bytes = Tree { entries }.encode();
         let id = BlobId::of(&bytes);
         self.put_blob(PackKind::Meta, id, &bytes)?;
         Ok(id)
+    }
+
+    /// Finishes a pending tree after the thaw: chunks the staged copies (recording each file's
+    /// own `stat` in the stat cache) and encodes the trees bottom up.
+    pub(super) fn complete(&self, staging: &Staging, pending: Pending) -> Result<BlobId> {
+        let entries: Vec<Entry> = pending
+            .0
+            .into_par_iter()
+            .map(|w| -> Result<Entry> {
+                match w {
+                    Walked::Ready(e) => Ok(e),
+                    Walked::Dir { name, meta, below } => Ok(Entry {
+                        name,
+                        node: Node::Dir {
+                            tree: self.complete(staging, below)?,
+                        },
+                        meta,
+                    }),
+                    Walked::Staged {
+                        mut entry,
+                        staged,
+                        stat,
+                        rel,
+                    } => {
+                        let name = OsString::from(staged.to_string());
+                        let io = |e: std::io::Error| Error::io(self.show(&rel), e);
+                        let copy = match staging.dir.open_file(&name).map_err(io)? {
+                            Ok(f) => f,
+                            Err(_) => return Err(io(std::io::Error::other("the staged copy is gone"))),
+                        };
+                        let mut f = copy.file;
+                        let extents = self.chunk(&mut f, &copy.stat, &rel)?;
+                        let _ = staging.dir.remove_file(&name);
+                        inc(&self.counters.files_read, 1);
+                        self.remember(&rel, &stat, &extents)?;
+                        if let Node::File { extents: e, .. } = &mut entry.node {
+                            *e = extents;
+                        }
+                        Ok(entry)
+                    }
+                }
+            })
+            .collect::<Result<_>>()?;
+        self.put_tree(entries)
+    }
+
+    /// Records a file's identity and content in the stat cache. One modified too close to the
+    /// backup's start is recorded as the last good version only, never trusted to skip a read
+    /// (its ctime is [`StatEntry::UNTRUSTED`]).
+    fn remember(&self, rel: &[u8], st: &Stat, extents: &[Extent]) -> Result<()> {
+        let mut entry = StatEntry::of(st, extents.to_vec());
+        if entry.mtime_ns >= self.racy_after_ns {
+            entry.ctime_ns = StatEntry::UNTRUSTED;
+        }
+        self.index.put_stat(&self.workspace, rel, &entry)
     }
 
     /// Backs up the entry `name` of `parent` (on device `dev`). `Ok(None)`: left out (with a
@@ -105,8 +325,9 @@ impl Session {
         name: &OsString,
         rel: &[u8],
         depth: usize,
-    ) -> Result<Option<Entry>> {
+    ) -> Result<Option<Walked>> {
         let mut why = String::new();
+        let mut last: Option<Stat> = None;
         for _ in 0..READ_ATTEMPTS {
             let st = match parent.stat_at(name) {
                 Ok(st) => st,
@@ -143,12 +364,46 @@ impl Session {
                     return Ok(Some(e));
                 }
                 Step::Gone => return Ok(None),
-                Step::Changed(w) => why = w,
+                Step::Changed(w) => {
+                    why = w;
+                    last = Some(st);
+                }
+            }
+        }
+        // A file that keeps changing keeps its version from the previous backup (the stat
+        // cache's), with a warning counted in `skipped`; never a mix of two versions. Only a file
+        // that no backup ever read whole is left out.
+        let shown = self.show(rel);
+        if let Some(st) = last.filter(|st| st.is_file()) {
+            if let Some(prev) = self.index.stat(&self.workspace, rel)? {
+                if self.all_known(&prev.extents)? {
+                    self.skip(format!(
+                        "{}: changed while being read ({why}), {READ_ATTEMPTS} times; the snapshot keeps its version \
+                         from the previous backup",
+                        shown.display()
+                    ));
+                    let mut meta = self.meta_at(parent, name, rel, &st);
+                    meta.mtime = cairn_formats::Timestamp {
+                        secs: prev.mtime_ns.div_euclid(1_000_000_000) as i64,
+                        nanos: prev.mtime_ns.rem_euclid(1_000_000_000) as u32,
+                    };
+                    inc(&self.counters.files, 1);
+                    inc(&self.counters.bytes, prev.size);
+                    return Ok(Some(Walked::Ready(Entry {
+                        name: name.as_bytes().to_vec(),
+                        node: Node::File {
+                            size: prev.size,
+                            extents: prev.extents,
+                            link_group: None,
+                        },
+                        meta,
+                    })));
+                }
             }
         }
         self.skip(format!(
             "{}: changed while being read ({why}), {READ_ATTEMPTS} times; left out",
-            self.show(rel).display()
+            shown.display()
         ));
         Ok(None)
     }
@@ -196,10 +451,14 @@ impl Session {
         };
         let mut warn = |w: String| self.warn(w);
         let meta = read_meta(&opened, XattrsOf::Fd(sub.fd()), &self.show(rel), &mut warn);
-        Ok(Step::Done(Entry {
-            name: name.as_bytes().to_vec(),
-            node: Node::Dir { tree },
-            meta,
+        let name = name.as_bytes().to_vec();
+        Ok(Step::Done(match tree {
+            TreeOf::Done(tree) => Walked::Ready(Entry {
+                name,
+                node: Node::Dir { tree },
+                meta,
+            }),
+            TreeOf::Pending(below) => Walked::Dir { name, meta, below },
         }))
     }
 
@@ -217,11 +476,11 @@ impl Session {
             Ok(Ok((target, opened))) => {
                 inc(&self.counters.others, 1);
                 let meta = self.meta_at(parent, name, rel, &opened);
-                Step::Done(Entry {
+                Step::Done(Walked::Ready(Entry {
                     name: name.as_bytes().to_vec(),
                     node: Node::Symlink { target },
                     meta,
-                })
+                }))
             }
             Ok(Err(m)) => Step::Changed(m.to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Step::Gone,
@@ -235,11 +494,11 @@ impl Session {
     /// A FIFO or device node: recorded from its `lstat`, never opened.
     fn special(&self, parent: &Dir, name: &OsStr, rel: &[u8], st: &Stat, node: Node) -> Step {
         inc(&self.counters.others, 1);
-        Step::Done(Entry {
+        Step::Done(Walked::Ready(Entry {
             name: name.as_bytes().to_vec(),
             node,
             meta: self.meta_at(parent, name, rel, st),
-        })
+        }))
     }
 
     /// Metadata of an entry that is not open: extended attributes through the directory's
@@ -256,33 +515,32 @@ impl Session {
 
     fn file(&self, parent: &Dir, name: &OsStr, rel: &[u8], st: &Stat) -> Result<Step> {
         let link_group = (st.nlink > 1).then_some(st.ino);
-        let done = |node: Node, meta: Meta| {
-            Step::Done(Entry {
-                name: name.as_bytes().to_vec(),
-                node,
-                meta,
-            })
+        let entry = |size: u64, extents: Vec<Extent>, link_group: Option<u64>, meta: Meta| Entry {
+            name: name.as_bytes().to_vec(),
+            node: Node::File {
+                size,
+                extents,
+                link_group,
+            },
+            meta,
         };
         if let Some(c) = self.index.stat(&self.workspace, rel)? {
             if stat_matches(&c, st) && self.all_known(&c.extents)? {
                 inc(&self.counters.files, 1);
                 inc(&self.counters.bytes, st.size);
-                let node = Node::File {
-                    size: st.size,
-                    extents: c.extents,
-                    link_group,
-                };
-                return Ok(done(node, self.meta_at(parent, name, rel, st)));
+                let meta = self.meta_at(parent, name, rel, st);
+                return Ok(Step::Done(Walked::Ready(entry(
+                    st.size, c.extents, link_group, meta,
+                ))));
             }
         }
         let opened = match parent.open_file(name) {
             Ok(Ok(f)) => f,
             Ok(Err(now)) => {
-                return Ok(Step::Changed(
-                    same_entry(st, &now)
-                        .err()
-                        .map_or("changed".into(), |m| m.to_string()),
-                ))
+                let why = same_entry(st, &now)
+                    .err()
+                    .map_or("changed".into(), |m| m.to_string());
+                return Ok(Step::Changed(why));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Step::Changed("removed".into())),
             Err(e) => {
@@ -293,23 +551,38 @@ impl Session {
         if let Err(m) = same_entry(st, &opened.stat) {
             return Ok(Step::Changed(m.to_string()));
         }
+        let staging = self.staging.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(staging) = &staging {
+            // Frozen: copy the bytes off the file system now, chunk them after the thaw.
+            let stat = opened.stat;
+            let mut warn = |w: String| self.warn(w);
+            let meta = read_meta(
+                &stat,
+                XattrsOf::Fd(opened.file.as_fd()),
+                &self.show(rel),
+                &mut warn,
+            );
+            let staged = self.stage(staging, opened, rel)?;
+            inc(&self.counters.files, 1);
+            inc(&self.counters.bytes, stat.size);
+            let link_group = (stat.nlink > 1).then_some(stat.ino);
+            return Ok(Step::Done(Walked::Staged {
+                entry: entry(stat.size, Vec::new(), link_group, meta),
+                staged,
+                stat,
+                rel: rel.to_vec(),
+            }));
+        }
         match self.read_file(opened, rel) {
             Ok(Attempt::Done(extents, md, meta)) => {
                 inc(&self.counters.files, 1);
                 inc(&self.counters.files_read, 1);
                 inc(&self.counters.bytes, md.size);
-                let entry = StatEntry::of(&md, extents);
-                if entry.mtime_ns < self.racy_after_ns {
-                    self.index.put_stat(&self.workspace, rel, &entry)?;
-                } else {
-                    self.index.drop_stat(&self.workspace, rel)?;
-                }
-                let node = Node::File {
-                    size: md.size,
-                    extents: entry.extents,
-                    link_group: (md.nlink > 1).then_some(md.ino),
-                };
-                Ok(done(node, meta))
+                self.remember(rel, &md, &extents)?;
+                let link_group = (md.nlink > 1).then_some(md.ino);
+                Ok(Step::Done(Walked::Ready(entry(
+                    md.size, extents, link_group, meta,
+                ))))
             }
             Ok(Attempt::Changed(stamp)) => {
                 // Wait until the file's latest stamp is a tick behind the clock.
@@ -325,6 +598,25 @@ impl Session {
         }
     }
 
+    /// Copies an opened file's data regions to a new file in the staging directory (holes stay
+    /// holes) and returns its number.
+    fn stage(&self, staging: &Staging, opened: OpenedFile, rel: &[u8]) -> Result<u32> {
+        let io = |e: std::io::Error| Error::io(self.show(rel), e);
+        let n = staging.next.fetch_add(1, Ordering::Relaxed);
+        let name = OsString::from(n.to_string());
+        let mut to = staging.dir.create_file(&name, 0o600).map_err(io)?;
+        let OpenedFile { file: mut from, stat } = opened;
+        for (start, len) in data_regions(&from, &stat).map_err(io)? {
+            from.seek(SeekFrom::Start(start)).map_err(io)?;
+            to.seek(SeekFrom::Start(start)).map_err(io)?;
+            let got = std::io::copy(&mut (&mut from).take(len), &mut to).map_err(io)?;
+            inc(&self.counters.bytes_read, got);
+            Progress::add(&self.progress.bytes, got);
+        }
+        to.set_len(stat.size).map_err(io)?;
+        Ok(n)
+    }
+
     fn all_known(&self, extents: &[Extent]) -> Result<bool> {
         for x in extents {
             if let Extent::Chunk { id, .. } = x {
@@ -336,20 +628,19 @@ impl Session {
         Ok(true)
     }
 
-    /// Reads an opened file: chunks, hashes and stores its data regions, and checks that it did
-    /// not change meanwhile.
-    fn read_file(&self, opened: OpenedFile, rel: &[u8]) -> Result<Attempt> {
-        let started = now_ns();
-        let OpenedFile {
-            file: mut f,
-            stat: before,
-        } = opened;
+    /// Chunks, hashes and stores the data regions of `f` (whose `fstat` is `st`). Returns its
+    /// extents, or `None` if fewer bytes than expected could be read (it shrank meanwhile).
+    fn chunk(&self, f: &mut File, st: &Stat, rel: &[u8]) -> Result<Vec<Extent>> {
+        self.chunk_regions(f, st, rel)?
+            .ok_or_else(|| Error::io(self.show(rel), std::io::Error::other("the staged copy is short")))
+    }
+
+    fn chunk_regions(&self, f: &mut File, st: &Stat, rel: &[u8]) -> Result<Option<Vec<Extent>>> {
         let io = |e: std::io::Error| Error::io(self.show(rel), e);
-        let size = before.size;
-        let regions = data_regions(&f, &before).map_err(io)?;
+        let size = st.size;
         let mut extents = Vec::new();
         let mut pos = 0u64;
-        for (start, len) in regions {
+        for (start, len) in data_regions(f, st).map_err(io)? {
             if start > pos {
                 extents.push(Extent::Hole { len: start - pos });
             }
@@ -368,26 +659,44 @@ impl Session {
             };
             if len <= u64::from(self.chunker.max) {
                 let mut buf = Vec::with_capacity(len as usize);
-                (&mut f).take(len).read_to_end(&mut buf).map_err(io)?;
+                (&mut *f).take(len).read_to_end(&mut buf).map_err(io)?;
                 chunk_slice(&self.chunker, &buf, &mut sink)?;
             } else {
-                chunk_reader(&self.chunker, (&mut f).take(len), &mut sink).map_err(|e| match e {
+                chunk_reader(&self.chunker, (&mut *f).take(len), &mut sink).map_err(|e| match e {
                     ChunkReadError::Read(source) => io(source),
                     ChunkReadError::Sink(e) => e,
                 })?;
             }
-            inc(&self.counters.bytes_read, got);
+            if !self.staging_on() {
+                inc(&self.counters.bytes_read, got);
+            }
             if got != len {
-                return Ok(Attempt::Changed(latest_stamp(&before)));
+                return Ok(None);
             }
             pos = start + len;
         }
         if size > pos {
             extents.push(Extent::Hole { len: size - pos });
         }
+        Ok(Some(extents))
+    }
+
+    /// Reads an opened file: chunks, hashes and stores its data regions, and checks that it did
+    /// not change meanwhile.
+    fn read_file(&self, opened: OpenedFile, rel: &[u8]) -> Result<Attempt> {
+        let started = now_ns();
+        let OpenedFile {
+            file: mut f,
+            stat: before,
+        } = opened;
+        let io = |e: std::io::Error| Error::io(self.show(rel), e);
+        let extents = self.chunk_regions(&mut f, &before, rel)?;
         let mut warn = |w: String| self.warn(w);
         let meta = read_meta(&before, XattrsOf::Fd(f.as_fd()), &self.show(rel), &mut warn);
         let after = fstat(&f).map_err(io)?;
+        let Some(extents) = extents else {
+            return Ok(Attempt::Changed(latest_stamp(&after)));
+        };
         if !same_version(&before, &after) {
             return Ok(Attempt::Changed(latest_stamp(&after)));
         }

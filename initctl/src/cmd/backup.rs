@@ -25,6 +25,14 @@ pub struct BackupArgs {
     /// (0: off) [env: CAIRN_DEDUP_FETCHES, default 64].
     #[arg(long)]
     dedup_fetches: Option<usize>,
+    /// Freeze the workspace's file system while the backup fixes its instant: auto (where it is a
+    /// file system of its own), always, or never.
+    #[arg(long, env = "CAIRN_FREEZE", default_value = "auto")]
+    freeze: cairn_engine::FreezeMode,
+    /// The longest a freeze may last; past it the file system is thawed and the backup reads the
+    /// volume live.
+    #[arg(long, env = "CAIRN_FREEZE_DEADLINE", default_value = "2s", value_parser = cairn_engine::parse_duration_arg)]
+    freeze_deadline: std::time::Duration,
     /// The directory to back up.
     #[arg(env = "CAIRN_SOURCE")]
     path: PathBuf,
@@ -43,6 +51,11 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<u8> {
         cache_dir: super::cache_dir(g),
         tags: a.tags,
         host: a.host,
+        freeze: cairn_engine::FreezeOptions {
+            mode: a.freeze,
+            deadline: a.freeze_deadline,
+            hold: cairn_engine::freeze_hold_from_env().map_err(anyhow::Error::msg)?,
+        },
     };
     let progress = Arc::new(Progress::default());
     let bar = output::Bar::start(g, "backup", progress.clone());
@@ -61,6 +74,8 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<u8> {
             "new_blobs": s.new_blobs, "new_bytes": s.new_bytes, "uploaded_bytes": s.uploaded_bytes,
             "skipped": s.skipped, "warnings": r.warnings, "is_head": r.is_head,
             "segments_fetched": r.global.segments_fetched, "useful_fetches": r.global.useful_fetches,
+            "point_in_time": r.consistency.point_in_time, "frozen_seconds": r.consistency.frozen_seconds,
+            "not_point_in_time_because": r.consistency.fallback,
             "seconds": r.elapsed.as_secs_f64(), "requests": cairn_engine::request_counts(),
         }));
     } else {
@@ -81,9 +96,19 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<u8> {
             );
             if s.skipped > 0 {
                 eprintln!(
-                    "snapshot is incomplete: {} entries left out (see warnings)",
+                    "snapshot is incomplete: {} entries left out or not current (see warnings)",
                     s.skipped
                 );
+            }
+            match (&r.consistency.fallback, r.consistency.point_in_time) {
+                (_, true) => eprintln!(
+                    "point in time: the file system was frozen for {:.0} ms",
+                    r.consistency.frozen_seconds * 1e3
+                ),
+                (Some(why), false) if a.freeze != cairn_engine::FreezeMode::Never => {
+                    eprintln!("not point in time: {why}")
+                }
+                _ => {}
             }
         }
         println!("{}", r.snapshot);

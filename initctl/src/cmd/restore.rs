@@ -343,6 +343,7 @@ async fn reconcile_marked(
             cache_dir: super::cache_dir(g),
             tags: vec!["local-changes".into()],
             host: Some(host(a)),
+            freeze: cairn_engine::FreezeOptions::from_env().map_err(anyhow::Error::msg)?,
         };
         let progress = Arc::new(Progress::default());
         let bar = output::Bar::start(g, "backup", progress.clone());

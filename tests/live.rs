@@ -1,0 +1,387 @@
+//! Checkpoints of a live workspace: a real PostgreSQL under `pgbench` and SQLite in WAL mode
+//! write while backups run on loop-mounted XFS and ext4 file systems frozen for each checkpoint;
+//! every checkpoint restores to a database that starts and passes its own checks. Also: the
+//! freeze is released whatever dies, and a volume that is not its own file system is read live.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_engine::{backup, BackupOptions, BackupReport, FreezeMode, FreezeOptions, Progress};
+
+use crate::support::fsimage::{writes_block, LoopFs};
+use crate::support::pg::Pg;
+use crate::support::*;
+
+async fn checkpoint(
+    t: &TestRepo,
+    ws: &str,
+    source: &Path,
+    mode: FreezeMode,
+) -> cairn_engine::Result<BackupReport> {
+    let opts = BackupOptions {
+        max_session: Duration::from_secs(3600),
+        dedup_fetches: 0,
+        workspace: ws.into(),
+        source: source.to_path_buf(),
+        cache_dir: t.cache_dir(),
+        tags: vec![],
+        host: Some("test".into()),
+        freeze: FreezeOptions {
+            mode,
+            deadline: Duration::from_secs(5),
+            hold: Duration::ZERO,
+        },
+    };
+    backup(&t.repo, &opts, Arc::new(Progress::default())).await
+}
+
+fn loop_fs(kind: &'static str, mib: u64) -> Option<LoopFs> {
+    match LoopFs::new(kind, mib) {
+        Ok(fs) => Some(fs),
+        Err(why) => {
+            eprintln!("live: skipped on {kind}: {why}");
+            None
+        }
+    }
+}
+
+/// pgbench keeps accounts, tellers, branches and history in step within each transaction.
+const BALANCED: &str = "select (select sum(abalance) from pgbench_accounts) = (select sum(tbalance) from \
+                        pgbench_tellers) and (select sum(tbalance) from pgbench_tellers) = (select sum(bbalance) \
+                        from pgbench_branches) and (select sum(bbalance) from pgbench_branches) = (select \
+                        coalesce(sum(delta), 0) from pgbench_history)";
+
+async fn postgres_recovers_from_every_checkpoint(kind: &'static str) {
+    let Some(fs) = loop_fs(kind, 1024) else { return };
+    let t = TestRepo::new().await;
+    // PostgreSQL runs as its own user: it must reach its socket and the restored copies.
+    std::fs::set_permissions(t.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let sock = t.scratch("sock");
+    let mut pg = match Pg::init(&fs.path("pgdata"), &sock) {
+        Ok(pg) => pg,
+        Err(why) => return eprintln!("live: skipped: PostgreSQL: {why}"),
+    };
+    pg.start().expect("start");
+    pg.tool("pgbench", &["-i", "-q", "-s", "4"]).expect("pgbench -i");
+    let mut load = pg.pgbench(&["-n", "-c", "4", "-j", "2", "-T", "120"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut snapshots = Vec::new();
+    for i in 0..6 {
+        let r = checkpoint(&t, "db", &fs.mount, FreezeMode::Always)
+            .await
+            .expect("checkpoint");
+        assert!(r.consistency.point_in_time, "{:?}", r.consistency);
+        assert_eq!(r.stats.skipped, 0, "{:?}", r.warnings);
+        eprintln!(
+            "live: {kind} checkpoint {i}: frozen {:.0} ms, {} files read, {:.2} s in all",
+            r.consistency.frozen_seconds * 1e3,
+            r.stats.files_read,
+            r.elapsed.as_secs_f64()
+        );
+        snapshots.push(r.snapshot);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let _ = load.kill();
+    let _ = load.wait();
+    let committed: u64 = pg
+        .sql("select count(*) from pgbench_history")
+        .expect("history")
+        .parse()
+        .expect("count");
+    assert!(committed > 100, "pgbench barely ran: {committed} transactions");
+    pg.stop().expect("stop");
+
+    for (i, s) in snapshots.iter().enumerate() {
+        let out = t.scratch(&format!("restored-{i}"));
+        t.restore("db", Some(s), &out).await;
+        let mut copy = Pg::at(&out.join("pgdata"), &sock).expect("copy");
+        copy.start()
+            .unwrap_or_else(|e| panic!("{kind} checkpoint {i} does not start: {e}"));
+        assert_eq!(
+            copy.sql(BALANCED).expect("invariant"),
+            "t",
+            "{kind} checkpoint {i}: balances differ"
+        );
+        copy.tool("pg_amcheck", &["--all", "--install-missing"])
+            .unwrap_or_else(|e| panic!("{kind} checkpoint {i}: {e}"));
+        copy.stop().expect("stop copy");
+        copy.tool(
+            "pg_checksums",
+            &["--check", "-D", out.join("pgdata").to_str().expect("utf-8")],
+        )
+        .unwrap_or_else(|e| panic!("{kind} checkpoint {i}: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_under_pgbench_recovers_from_every_checkpoint_on_xfs() {
+    postgres_recovers_from_every_checkpoint("xfs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_under_pgbench_recovers_from_every_checkpoint_on_ext4() {
+    postgres_recovers_from_every_checkpoint("ext4").await;
+}
+
+/// A writer that keeps two tables in step, one transaction after another, in WAL mode.
+const SQLITE_WRITER: &str = r#"
+import sqlite3, sys, os
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("pragma journal_mode=wal")
+db.execute("create table if not exists rows(id integer primary key, payload blob)")
+db.execute("create table if not exists counter(n integer)")
+if db.execute("select count(*) from counter").fetchone()[0] == 0:
+    db.execute("insert into counter values (0)")
+while True:
+    db.execute("begin")
+    db.execute("insert into rows(payload) values (?)", (os.urandom(2000),))
+    db.execute("update counter set n = n + 1")
+    db.execute("commit")
+"#;
+
+const SQLITE_CHECK: &str = r#"
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+ok = db.execute("pragma integrity_check").fetchone()[0]
+rows = db.execute("select count(*) from rows").fetchone()[0]
+n = db.execute("select n from counter").fetchone()[0]
+print(ok, rows, n)
+sys.exit(0 if ok == "ok" and rows == n else 1)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_in_wal_mode_passes_its_integrity_check_from_every_checkpoint() {
+    let Some(fs) = loop_fs("xfs", 512) else { return };
+    let t = TestRepo::new().await;
+    let db = fs.path("app/data.db");
+    std::fs::create_dir_all(db.parent().expect("parent")).expect("mkdir");
+    let mut writer = Command::new("python3")
+        .arg("-c")
+        .arg(SQLITE_WRITER)
+        .arg(&db)
+        .spawn()
+        .expect("spawn the writer");
+    std::thread::sleep(Duration::from_millis(800));
+    let mut snapshots = Vec::new();
+    for _ in 0..6 {
+        let r = checkpoint(&t, "lite", &fs.mount, FreezeMode::Always)
+            .await
+            .expect("checkpoint");
+        assert!(r.consistency.point_in_time, "{:?}", r.consistency);
+        snapshots.push(r.snapshot);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let _ = writer.kill();
+    let _ = writer.wait();
+    for (i, s) in snapshots.iter().enumerate() {
+        let out = t.scratch(&format!("restored-{i}"));
+        t.restore("lite", Some(s), &out).await;
+        let o = Command::new("python3")
+            .arg("-c")
+            .arg(SQLITE_CHECK)
+            .arg(out.join("app/data.db"))
+            .output()
+            .expect("check");
+        assert!(
+            o.status.success(),
+            "checkpoint {i}: {} {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_that_is_not_a_file_system_of_its_own_is_read_live_and_says_why() {
+    let t = TestRepo::new().await;
+    let ws = t.scratch("ws");
+    write(&ws.join("a.txt"), b"a");
+    let r = checkpoint(&t, "ws", &ws, FreezeMode::Auto).await.expect("backup");
+    assert!(!r.consistency.point_in_time);
+    let why = r.consistency.fallback.clone().unwrap_or_default();
+    assert!(why.contains("not a mount point"), "{why}");
+    let e = checkpoint(&t, "ws", &ws, FreezeMode::Always)
+        .await
+        .expect_err("always must refuse");
+    assert!(e.to_string().contains("cannot freeze"), "{e}");
+    let r = checkpoint(&t, "ws", &ws, FreezeMode::Never)
+        .await
+        .expect("backup");
+    assert!(r
+        .consistency
+        .fallback
+        .as_deref()
+        .is_some_and(|w| w.contains("off")));
+
+    // A bind mount of a directory of a larger file system (what an emptyDir is) is never frozen.
+    let Some(fs) = loop_fs("ext4", 256) else { return };
+    std::fs::create_dir_all(fs.path("sub")).expect("mkdir");
+    write(&fs.path("sub/b.txt"), b"b");
+    let bind = t.scratch("bind");
+    std::fs::create_dir_all(&bind).expect("mkdir");
+    let ok = Command::new("mount")
+        .arg("--bind")
+        .arg(fs.path("sub"))
+        .arg(&bind)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "bind mount");
+    let r = checkpoint(&t, "bind", &bind, FreezeMode::Auto).await;
+    let _ = Command::new("umount").arg(&bind).status();
+    let r = r.expect("backup");
+    assert!(!r.consistency.point_in_time);
+    assert!(
+        r.consistency
+            .fallback
+            .as_deref()
+            .is_some_and(|w| w.contains("bind mount")),
+        "{:?}",
+        r.consistency
+    );
+    // And the cache directory must not be on the workspace's own file system.
+    let same = BackupOptions {
+        max_session: Duration::from_secs(3600),
+        dedup_fetches: 0,
+        workspace: "own".into(),
+        source: fs.mount.clone(),
+        cache_dir: fs.path("cache"),
+        tags: vec![],
+        host: None,
+        freeze: FreezeOptions::default(),
+    };
+    let r = backup(&t.repo, &same, Arc::new(Progress::default()))
+        .await
+        .expect("backup");
+    assert!(
+        r.consistency
+            .fallback
+            .as_deref()
+            .is_some_and(|w| w.contains("cache directory")),
+        "{:?}",
+        r.consistency
+    );
+}
+
+/// Starts `sidecar run` on `fs` in a process group of its own (so the test can kill it with its
+/// freeze guard), frozen for `hold` at each checkpoint.
+fn sidecar(t: &TestRepo, fs: &LoopFs, hold: &str) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    Command::new(bin_path("sidecar"))
+        .args([
+            "run",
+            "--interval",
+            "0",
+            "--heartbeat-interval",
+            "0",
+            "--log-format",
+            "text",
+        ])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", crate::support::servers::free_port()))
+        .arg("--control-socket")
+        .arg(t.scratch("control.sock"))
+        .env("CAIRN_STORE", t.store_dir())
+        .env("CAIRN_WORKSPACE", "frozen")
+        .env("CAIRN_SOURCE", &fs.mount)
+        .env("CAIRN_CACHE_DIR", t.cache_dir())
+        .env("CAIRN_FREEZE", "always")
+        .env("CAIRN_FREEZE_DEADLINE", "60s")
+        .env("CAIRN_FREEZE_HOLD", hold)
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("spawn sidecar")
+}
+
+fn flush_in_background(t: &TestRepo) -> std::process::Child {
+    Command::new(bin_path("sidecar"))
+        .arg("flush")
+        .arg("--control-socket")
+        .arg(t.scratch("control.sock"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn flush")
+}
+
+fn wait_frozen(fs: &LoopFs) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !writes_block(&fs.mount, Duration::from_millis(200)) {
+        assert!(Instant::now() < deadline, "the file system was never frozen");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_killed_while_frozen_is_thawed_by_its_guard_or_by_its_next_start() {
+    let Some(fs) = loop_fs("xfs", 512) else { return };
+    let t = TestRepo::new().await;
+    write(&fs.path("work.txt"), b"agent work");
+    let heads = |t: &TestRepo| t.objects("heads").len();
+
+    // The sidecar alone is killed: its guard sees the pipe close and thaws at once.
+    let mut sc = sidecar(&t, &fs, "30s");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut flush = flush_in_background(&t);
+    wait_frozen(&fs);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&sc),
+        rustix::process::Signal::KILL,
+    )
+    .expect("kill");
+    let _ = sc.wait();
+    let _ = flush.wait();
+    assert!(
+        !writes_block(&fs.mount, Duration::from_secs(5)),
+        "the guard did not thaw"
+    );
+    assert_eq!(heads(&t), 0, "a killed checkpoint sealed something");
+
+    // The sidecar and its guard die together (the container was killed): the file system stays
+    // frozen until the next sidecar starts, which thaws it first.
+    let mut sc = sidecar(&t, &fs, "30s");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut flush = flush_in_background(&t);
+    wait_frozen(&fs);
+    rustix::process::kill_process_group(
+        rustix::process::Pid::from_child(&sc),
+        rustix::process::Signal::KILL,
+    )
+    .expect("kill the group");
+    let _ = sc.wait();
+    let _ = flush.wait();
+    assert!(
+        writes_block(&fs.mount, Duration::from_millis(500)),
+        "nothing held the freeze"
+    );
+    let mut sc = sidecar(&t, &fs, "0s");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while writes_block(&fs.mount, Duration::from_millis(300)) {
+        assert!(Instant::now() < deadline, "the next start did not thaw");
+    }
+    assert_eq!(heads(&t), 0, "a killed checkpoint sealed something");
+
+    // After all that, a checkpoint seals a snapshot that restores what the agent wrote.
+    write(&fs.path("more.txt"), b"after the thaw");
+    let o = Command::new(bin_path("sidecar"))
+        .arg("flush")
+        .arg("--control-socket")
+        .arg(t.scratch("control.sock"))
+        .output()
+        .expect("flush");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_child(&sc),
+        rustix::process::Signal::TERM,
+    );
+    let _ = sc.wait();
+    let out = t.scratch("out");
+    t.restore("frozen", None, &out).await;
+    assert_eq!(
+        std::fs::read(out.join("more.txt")).expect("more"),
+        b"after the thaw"
+    );
+    assert_eq!(std::fs::read(out.join("work.txt")).expect("work"), b"agent work");
+}
