@@ -2,8 +2,9 @@
 # Installs what building and testing Cairn needs beyond the Rust toolchain, if it is missing:
 # libclang (RocksDB's bindings are generated at build time), and the tools the test suite drives
 # (npm and python3 build the corpus workspace; setpriv and unshare run the unprivileged-user and
-# full-disk tests; xfsprogs, e2fsprogs and postgresql the live-workspace tests; python3 -m venv holds the S3 and GCS servers of scripts/test-servers.sh). Safe
-# to run repeatedly; does nothing when everything is present.
+# full-disk tests; xfsprogs, e2fsprogs, util-linux's fsfreeze and postgresql the live-workspace
+# tests; python3 -m venv holds the S3 and GCS servers of scripts/test-servers.sh). Safe to run
+# repeatedly; does nothing when everything is present.
 set -euo pipefail
 
 need=()
