@@ -2,7 +2,7 @@
 # A/B of two initctl builds on the corpus workspace, the same data and machine in one run, rounds
 # alternating A and B so drift hits both alike:
 #   full backup (fresh repository and cache), no-change backup (stat cache warm), full restore into
-#   an empty directory, and the init container's "nothing to do" restore (the ctime walk).
+#   an empty directory on tmpfs, and the init container's "nothing to do" restore (the ctime walk).
 # Prints the median wall and CPU seconds of each; with --write appends the table to RESULTS.md.
 #
 #   benches/ab.sh A_INITCTL B_INITCTL [ROUNDS] [--write]
@@ -42,11 +42,13 @@ for round in $(seq "$rounds"); do
     run "full backup|$side" -- "$bin" backup "$work/ws"
     run "no-change backup|$side" -- "$bin" backup "$work/ws"
     rm -rf "$CAIRN_CACHE_DIR"
-    run "full restore|$side" -- "$bin" restore --snapshot latest "$d/r"
+    # Restores into tmpfs, where they are CPU-bound (a disk adds its own noise).
+    run "full restore|$side" -- "$bin" restore --snapshot latest "$shm/r"
+    rm -rf "$shm/r"
     # The init container on a volume that holds the head, unchanged: the ctime walk alone.
-    CAIRN_CACHE_DIR=$d/cache2 "$bin" restore "$d/v" >/dev/null
-    run "restore, nothing to do|$side" -- env CAIRN_CACHE_DIR="$d/cache2" "$bin" restore "$d/v"
-    rm -rf "$d"
+    CAIRN_CACHE_DIR=$d/cache2 "$bin" restore "$shm/v" >/dev/null
+    run "restore, nothing to do|$side" -- env CAIRN_CACHE_DIR="$d/cache2" "$bin" restore "$shm/v"
+    rm -rf "$d" "$shm/v"
   done
   echo "round $round done" >&2
 done
@@ -63,7 +65,7 @@ if [ "$write" = --write ]; then
     echo
     echo "### A/B $(date -u +%Y-%m-%d): \`benches/ab.sh A B $rounds\`"
     echo
-    echo "A = $a, B = $b; corpus workspace SEED=1, medians of $rounds alternating rounds, on disk."
+    echo "A = $a, B = $b; corpus workspace SEED=1, medians of $rounds alternating rounds; store on disk, restores into tmpfs."
     echo
     echo "$table"
   } >>benches/RESULTS.md

@@ -59,6 +59,9 @@ pub struct StatEntry {
     pub ino: u64,
     /// The content as stored.
     pub extents: Vec<Extent>,
+    /// The extended attributes it had (any change to them moves the ctime, so a matching entry
+    /// vouches for them too, and a backup reads none for it).
+    pub xattrs: Vec<cairn_formats::Xattr>,
 }
 
 impl StatEntry {
@@ -66,14 +69,19 @@ impl StatEntry {
     /// real ctime, so it never lets a backup skip reading the file.
     pub const UNTRUSTED: i128 = i128::MIN;
 
-    /// A file's identity from its `lstat`, and its content.
-    pub(crate) fn of(st: &crate::volume::dir::Stat, extents: Vec<Extent>) -> Self {
+    /// A file's identity from its `lstat`, its content and its extended attributes.
+    pub(crate) fn of(
+        st: &crate::volume::dir::Stat,
+        extents: Vec<Extent>,
+        xattrs: Vec<cairn_formats::Xattr>,
+    ) -> Self {
         StatEntry {
             size: st.size,
             mtime_ns: st.mtime_ns(),
             ctime_ns: st.ctime_ns(),
             ino: st.ino,
             extents,
+            xattrs,
         }
     }
 }

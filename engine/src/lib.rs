@@ -60,7 +60,7 @@ pub use heartbeat::{
     HEARTBEATS_PREFIX,
 };
 pub use index::{BlobLocation, LocalIndex, PackInfo, StatEntry};
-pub use meta::is_root;
+pub use meta::{is_root, raise_fd_limit};
 pub use pack::{FinishedPack, PackBuilder};
 pub use progress::{Progress, ProgressSnapshot};
 pub use repack::RepackReport;

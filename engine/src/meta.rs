@@ -18,6 +18,19 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// Raises this process's soft limit on open files to its hard limit (as Go's runtime does): a
+/// walk by descriptors holds one per directory level, and a hostile tree can be deep.
+pub fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current != l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            tracing::debug!(error = %e, "could not raise the open-file limit");
+        }
+    }
+}
+
 /// Nanoseconds since the epoch of a `(secs, nsecs)` pair.
 pub fn ns(secs: i64, nsecs: i64) -> i128 {
     i128::from(secs) * 1_000_000_000 + i128::from(nsecs)

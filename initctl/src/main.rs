@@ -96,6 +96,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     output::init_logging(&cli.global);
+    cairn_engine::raise_fd_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

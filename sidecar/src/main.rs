@@ -102,6 +102,7 @@ struct FlushArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cairn_engine::raise_fd_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -293,7 +293,7 @@ impl Session {
                         let extents = self.chunk(&mut f, &copy.stat, &rel)?;
                         let _ = staging.dir.remove_file(&name);
                         inc(&self.counters.files_read, 1);
-                        self.remember(&rel, &stat, &extents)?;
+                        self.remember(&rel, &stat, &extents, &entry.meta)?;
                         if let Node::File { extents: e, .. } = &mut entry.node {
                             *e = extents;
                         }
@@ -308,8 +308,8 @@ impl Session {
     /// Records a file's identity and content in the stat cache. One modified too close to the
     /// backup's start is recorded as the last good version only, never trusted to skip a read
     /// (its ctime is [`StatEntry::UNTRUSTED`]).
-    fn remember(&self, rel: &[u8], st: &Stat, extents: &[Extent]) -> Result<()> {
-        let mut entry = StatEntry::of(st, extents.to_vec());
+    fn remember(&self, rel: &[u8], st: &Stat, extents: &[Extent], meta: &Meta) -> Result<()> {
+        let mut entry = StatEntry::of(st, extents.to_vec(), meta.xattrs.clone());
         if entry.mtime_ns >= self.racy_after_ns {
             entry.ctime_ns = StatEntry::UNTRUSTED;
         }
@@ -528,7 +528,18 @@ impl Session {
             if stat_matches(&c, st) && self.all_known(&c.extents)? {
                 inc(&self.counters.files, 1);
                 inc(&self.counters.bytes, st.size);
-                let meta = self.meta_at(parent, name, rel, st);
+                // The entry vouches for the xattrs too (changing them moves the ctime): none is
+                // read for an unchanged file.
+                let meta = Meta {
+                    mode: st.mode & 0o7777,
+                    uid: st.uid,
+                    gid: st.gid,
+                    mtime: cairn_formats::Timestamp {
+                        secs: st.mtime.0,
+                        nanos: st.mtime.1,
+                    },
+                    xattrs: c.xattrs,
+                };
                 return Ok(Step::Done(Walked::Ready(entry(
                     st.size, c.extents, link_group, meta,
                 ))));
@@ -578,7 +589,7 @@ impl Session {
                 inc(&self.counters.files, 1);
                 inc(&self.counters.files_read, 1);
                 inc(&self.counters.bytes, md.size);
-                self.remember(rel, &md, &extents)?;
+                self.remember(rel, &md, &extents, &meta)?;
                 let link_group = (md.nlink > 1).then_some(md.ino);
                 Ok(Step::Done(Walked::Ready(entry(
                     md.size, extents, link_group, meta,
@@ -757,6 +768,11 @@ fn data_regions(f: &std::fs::File, st: &Stat) -> std::io::Result<Vec<(u64, u64)>
             Ok(h) => h.min(size),
             Err(e) => return Err(e.into()),
         };
+        if hole <= data {
+            // Holes punched and filled while we look: read it whole (the read's checks see the
+            // change) rather than go round forever.
+            return Ok(vec![(0, size)]);
+        }
         out.push((data, hole - data));
         pos = hole;
     }

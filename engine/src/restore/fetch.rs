@@ -6,9 +6,11 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use cairn_formats::{pack_key, BlobId, PackEntry, PackId, PackKind};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -16,10 +18,12 @@ use rustix::fs::OFlags;
 
 use super::plan::{LocalNeed, Need, Plan};
 use crate::compress::decode_blob;
+use crate::meta::apply_meta_fd;
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::tree::SnapshotTrees;
 use crate::volume::dir::Dir;
+use crate::volume::dir::{fstat, Stat};
 use crate::{Error, Result};
 
 /// Pack reads in flight at once, at most.
@@ -33,16 +37,77 @@ const COALESCE_GAP: u64 = 256 << 10;
 // request costs nothing and smaller runs spread decoding across threads; 8 MiB (a whole data
 // pack) on S3 and GCS, where each request has a price and a first-byte latency.
 
-/// Where content is written: the plan and the target's root descriptor.
+/// Where content is written: the plan and the target's root descriptor. A file gets its metadata
+/// through the descriptor that wrote its last chunk (or created it, if it has none), so no second
+/// open is needed; what that left (inode, ctime) goes into `done` for the check before the marker.
 pub(super) struct Sink {
     pub plan: Arc<Plan>,
     pub root: Arc<Dir>,
     pub target: std::path::PathBuf,
+    pub as_root: bool,
+    /// Chunk writes still to come, per file of the plan.
+    pub remaining: Vec<AtomicU32>,
+    /// The inode each file was created as: every later open must find that very inode (an entry
+    /// swapped for another file, a link or a device node while the restore runs is refused).
+    pub inodes: Vec<AtomicU64>,
+    /// Files finished (content and metadata), with their `fstat` after it.
+    pub done: Mutex<Vec<(usize, Stat)>>,
 }
 
 impl Sink {
+    /// Counts each file's chunk writes (fetched and copied from disk).
+    pub fn new(
+        plan: Arc<Plan>,
+        local: &[(OsString, Vec<LocalNeed>)],
+        root: Arc<Dir>,
+        target: PathBuf,
+        as_root: bool,
+    ) -> Sink {
+        let remaining: Vec<AtomicU32> = (0..plan.files.len()).map(|_| AtomicU32::new(0)).collect();
+        for needs in plan.needs.values() {
+            for n in needs {
+                remaining[n.file].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for (_, needs) in local {
+            for n in needs {
+                remaining[n.file].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let inodes = (0..plan.files.len()).map(|_| AtomicU64::new(0)).collect();
+        Sink {
+            plan,
+            root,
+            target,
+            as_root,
+            remaining,
+            inodes,
+            done: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Applies file `file`'s metadata through `f` (its content is complete) and records it.
+    fn finish(&self, file: usize, f: &File) -> Result<()> {
+        let io = |e: std::io::Error| Error::io(self.target.join(&self.plan.files[file].rel), e);
+        apply_meta_fd(f.as_fd(), &self.plan.files[file].meta, self.as_root).map_err(io)?;
+        let st = fstat(f).map_err(io)?;
+        self.done
+            .lock()
+            .expect("invariant: lock not poisoned")
+            .push((file, st));
+        Ok(())
+    }
+
+    /// Counts one chunk of `file` written; the last one finishes the file.
+    fn wrote(&self, open: &mut HashMap<usize, File>, file: usize) -> Result<()> {
+        if self.remaining[file].fetch_sub(1, Ordering::AcqRel) == 1 {
+            let f = self.open(open, file)?;
+            self.finish(file, f)?;
+        }
+        Ok(())
+    }
     /// The file `file` of the plan opened for writing (beneath the root, never through a
-    /// symlink, and checked to be a regular file), once per caller.
+    /// symlink, and checked to be the regular file the restore created), once per caller.
     fn open<'a>(&self, open: &'a mut HashMap<usize, File>, file: usize) -> Result<&'a mut File> {
         Ok(match open.entry(file) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
@@ -50,7 +115,11 @@ impl Sink {
                 let rel = &self.plan.files[file].rel;
                 let (f, _) = self
                     .root
-                    .open_file_beneath(rel, OFlags::WRONLY)
+                    .open_file_beneath(
+                        rel,
+                        OFlags::WRONLY,
+                        Some(self.inodes[file].load(Ordering::Acquire)),
+                    )
                     .map_err(|e| Error::io(self.target.join(rel), e))?;
                 v.insert(f)
             }
@@ -86,6 +155,7 @@ pub(super) fn copy_local(
             continue;
         }
         sink.write(&mut open, n.file, &buf, n.offset)?;
+        sink.wrote(&mut open, n.file)?;
         copied += buf.len() as u64;
     }
     Ok((failed, copied))
@@ -144,6 +214,7 @@ fn write_run(sink: &Sink, key: &str, run: &Run, data: &[u8], progress: &Progress
         )?;
         for (file, offset) in targets {
             sink.write(&mut open, *file, &raw, *offset)?;
+            sink.wrote(&mut open, *file)?;
             written += raw.len() as u64;
             Progress::add(&progress.bytes, raw.len() as u64);
         }
@@ -241,8 +312,11 @@ pub(super) async fn fetch(
     Ok(done.into_iter().fold((0, 0), |(f, w), (a, b)| (f + a, w + b)))
 }
 
-/// Creates the regular file `rel` (removing whatever is there) at its final size, holes as holes.
-pub(super) fn create_file(root: &Dir, target: &Path, rel: &Path, size: u64) -> Result<()> {
+/// Creates file `file` of the plan (removing whatever is there) at its final size, holes as holes;
+/// one with no chunks to write is finished at once.
+pub(super) fn create_file(sink: &Sink, file: usize) -> Result<()> {
+    let (root, target) = (&*sink.root, &sink.target);
+    let (rel, size) = (&sink.plan.files[file].rel, sink.plan.files[file].size);
     let io = |e: std::io::Error| Error::io(target.join(rel), e);
     let create = || {
         root.open_beneath(
@@ -264,8 +338,13 @@ pub(super) fn create_file(root: &Dir, target: &Path, rel: &Path, size: u64) -> R
         }
         Err(e) => return Err(io(e)),
     };
+    let f = File::from(fd);
+    sink.inodes[file].store(fstat(&f).map_err(io)?.ino, Ordering::Release);
     if size > 0 {
-        File::from(fd).set_len(size).map_err(io)?;
+        f.set_len(size).map_err(io)?;
+    }
+    if sink.remaining[file].load(Ordering::Acquire) == 0 {
+        sink.finish(file, &f)?;
     }
     Ok(())
 }

@@ -11,16 +11,14 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use rustix::fs::OFlags;
 
 use super::plan::{open_parent, split, Plan};
 use crate::meta::{apply_meta_at, apply_meta_fd};
-use crate::volume::dir::{fstat, is_mount, Dir, Stat};
+use crate::volume::dir::{is_mount, Dir, Stat};
 use crate::volume::is_volume_file;
 use crate::{Error, Result};
 
@@ -28,9 +26,16 @@ use crate::{Error, Result};
 /// right after its last operation there.
 pub(super) type Touched = HashMap<PathBuf, (u64, i128)>;
 
-/// Creates the plan's hard links and applies every entry's metadata (files and links in
-/// parallel, directories deepest first). Returns what each touched entry is now.
-pub(super) fn links_and_metadata(root: &Dir, target: &Path, plan: &Plan, as_root: bool) -> Result<Touched> {
+/// Creates the plan's hard links and applies the metadata of symlinks, special files and
+/// directories (in parallel, directories deepest first; files got theirs when their content was
+/// complete, `done`). Returns what each touched entry is now.
+pub(super) fn links_and_metadata(
+    root: &Dir,
+    target: &Path,
+    plan: &Plan,
+    done: Vec<(usize, Stat)>,
+    as_root: bool,
+) -> Result<Touched> {
     let io = |rel: &Path| {
         let path = target.join(rel);
         move |e: std::io::Error| Error::io(path, e)
@@ -42,31 +47,32 @@ pub(super) fn links_and_metadata(root: &Dir, target: &Path, plan: &Plan, as_root
         }
         .map_err(io(rel))
     };
+    if done.len() != plan.files.iter().filter(|f| f.link_to.is_none()).count() {
+        return Err(Error::Invalid(
+            "restore: a file's content was not completed (a chunk write went missing)".into(),
+        ));
+    }
+    let mut touched: Vec<(PathBuf, Stat)> = done
+        .into_iter()
+        .map(|(i, st)| (plan.files[i].rel.clone(), st))
+        .collect();
+    // Hard links last among files: linking moves the inode's ctime, so the inode is recorded as
+    // the last link left it, under every one of its names.
+    let mut linked: HashMap<usize, Stat> = HashMap::new();
     for f in plan.files.iter().filter(|f| f.link_to.is_some()) {
-        let first = &plan.files[f.link_to.expect("invariant: filtered on link_to")].rel;
+        let first_idx = f.link_to.expect("invariant: filtered on link_to");
+        let first = &plan.files[first_idx].rel;
         let (_, first_name) = split(first);
         let from = open_parent(root, first).map_err(io(first))?;
         let from = from.as_ref().unwrap_or(root);
         let (_, name) = split(&f.rel);
-        in_parent(&f.rel, &|d| {
+        let st = in_parent(&f.rel, &|d| {
             d.remove(name)?;
             d.link_from(from, first_name, name)?;
             d.stat_at(name)
         })?;
+        linked.insert(first_idx, st);
     }
-    let mut touched: Vec<(PathBuf, Stat)> = plan
-        .files
-        .par_iter()
-        .enumerate()
-        .filter(|(_, f)| f.link_to.is_none())
-        .map(|(_, f)| {
-            let (file, _) = root
-                .open_file_beneath(&f.rel, OFlags::RDONLY)
-                .map_err(io(&f.rel))?;
-            apply_meta_fd(file.as_fd(), &f.meta, as_root).map_err(io(&f.rel))?;
-            Ok((f.rel.clone(), fstat(&file).map_err(io(&f.rel))?))
-        })
-        .collect::<Result<_>>()?;
     let others: Vec<(PathBuf, Stat)> = plan
         .others
         .par_iter()
@@ -89,12 +95,11 @@ pub(super) fn links_and_metadata(root: &Dir, target: &Path, plan: &Plan, as_root
         .into_iter()
         .map(|(rel, st)| (rel, (st.ino, st.ctime_ns())))
         .collect();
-    // A hard link's other names are the first name's inode, as its metadata left it.
-    for f in plan.files.iter() {
-        if let Some(first) = f.link_to {
-            if let Some(t) = touched.get(&plan.files[first].rel).copied() {
-                touched.insert(f.rel.clone(), t);
-            }
+    // A hard-linked inode as its last link left it, under every name.
+    for (i, f) in plan.files.iter().enumerate() {
+        let first = f.link_to.unwrap_or(i);
+        if let Some(st) = linked.get(&first) {
+            touched.insert(f.rel.clone(), (st.ino, st.ctime_ns()));
         }
     }
     Ok(touched)
@@ -126,11 +131,23 @@ pub(super) fn check_target(
         before_ns,
         dev,
         files,
+        seen: std::sync::atomic::AtomicUsize::new(0),
     };
     let found: Vec<Vec<(PathBuf, Stat)>> = names
         .par_iter()
-        .map(|n| c.entry(root, n, PathBuf::from(n)))
+        .map(|n| c.entry(root, n, PathBuf::from(n), 0))
         .collect::<Result<_>>()?;
+    // Every entry the restore left must still be there (a removal inside a directory whose
+    // metadata came later moves no ctime the check would see).
+    let seen = c.seen.load(std::sync::atomic::Ordering::Relaxed);
+    if seen != touched.len() {
+        return Err(Error::Invalid(format!(
+            "{}: {} restored entries were removed while it was being restored; the restore is not marked \
+             complete (run it again once nothing else writes the target)",
+            target.display(),
+            touched.len() - seen.min(touched.len())
+        )));
+    }
     Ok(found.into_iter().flatten().collect())
 }
 
@@ -140,6 +157,8 @@ struct Check<'a> {
     before_ns: i128,
     dev: u64,
     files: bool,
+    /// Touched entries found.
+    seen: std::sync::atomic::AtomicUsize,
 }
 
 impl Check<'_> {
@@ -151,7 +170,13 @@ impl Check<'_> {
         ))
     }
 
-    fn entry(&self, parent: &Dir, name: &OsString, rel: PathBuf) -> Result<Vec<(PathBuf, Stat)>> {
+    fn entry(
+        &self,
+        parent: &Dir,
+        name: &OsString,
+        rel: PathBuf,
+        depth: usize,
+    ) -> Result<Vec<(PathBuf, Stat)>> {
         let st = match parent.stat_at(name) {
             Ok(st) => st,
             Err(_) => return Err(self.changed(&rel, "removed")),
@@ -159,7 +184,9 @@ impl Check<'_> {
         match self.touched.get(&rel) {
             Some(&(ino, _)) if ino != st.ino => return Err(self.changed(&rel, "replaced")),
             Some(&(_, ctime)) if ctime != st.ctime_ns() => return Err(self.changed(&rel, "changed")),
-            Some(_) => {}
+            Some(_) => {
+                self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             None if st.ctime_ns() >= self.before_ns => return Err(self.changed(&rel, "created or changed")),
             None => {}
         }
@@ -168,7 +195,7 @@ impl Check<'_> {
             out.push((rel.clone(), st));
         }
         // Nothing a restore writes is on another mount or deeper than a backup walks.
-        if st.is_dir() && st.dev == self.dev {
+        if st.is_dir() && st.dev == self.dev && depth < crate::backup::MAX_DEPTH {
             let sub = match parent.open_dir(Path::new(name)) {
                 Ok(d) => d,
                 Err(e) if is_mount(&e) => return Ok(out),
@@ -177,7 +204,7 @@ impl Check<'_> {
             let names = sub.names().map_err(|e| Error::io(self.target.join(&rel), e))?;
             let below: Vec<Vec<(PathBuf, Stat)>> = names
                 .par_iter()
-                .map(|n| self.entry(&sub, n, rel.join(n)))
+                .map(|n| self.entry(&sub, n, rel.join(n), depth + 1))
                 .collect::<Result<_>>()?;
             out.extend(below.into_iter().flatten());
         }

@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -226,11 +226,13 @@ pub async fn restore_with_trees(
     // Reads start now, while the files are created: the first ones are in flight (and their
     // latency spent) by the time there is somewhere to write them.
     let local = std::mem::take(&mut plan.local);
-    let sink = Arc::new(Sink {
-        plan: Arc::new(plan),
-        root: root.clone(),
-        target: target.clone(),
-    });
+    let sink = Arc::new(Sink::new(
+        Arc::new(plan),
+        &local,
+        root.clone(),
+        target.clone(),
+        as_root,
+    ));
     let max_read = repo.store().read_size();
     let budget = Arc::new(Budget::new());
     let jobs = fetch_jobs(&trees, sink.plan.needs.iter(), max_read)?;
@@ -251,8 +253,9 @@ pub async fn restore_with_trees(
         s.plan
             .files
             .par_iter()
-            .filter(|f| f.link_to.is_none())
-            .try_for_each(|f| create_file(&s.root, &s.target, &f.rel, f.size))?;
+            .enumerate()
+            .filter(|(_, f)| f.link_to.is_none())
+            .try_for_each(|(i, _)| create_file(&s, i))?;
         if local.is_empty() {
             return Ok((Vec::new(), 0));
         }
@@ -319,7 +322,8 @@ pub async fn restore_with_trees(
     let s = sink.clone();
     let seeding = seed_index.is_some();
     let (synced, stats) = tokio::task::spawn_blocking(move || -> Result<(i128, HashMap<PathBuf, Stat>)> {
-        let touched = finish::links_and_metadata(&s.root, &s.target, &s.plan, as_root)?;
+        let done = std::mem::take(&mut *s.done.lock().expect("invariant: lock not poisoned"));
+        let touched = finish::links_and_metadata(&s.root, &s.target, &s.plan, done, as_root)?;
         s.root.syncfs().map_err(|e| Error::io(&s.target, e))?;
         let synced = now_ns();
         let stats = finish::check_target(&s.root, &s.target, &touched, before_ns, seeding)?;
@@ -341,6 +345,27 @@ pub async fn restore_with_trees(
     volume::write_marker(&root, &target, &marker)?;
     volume::end_restore(&root, &target)?;
     apply_meta_fd(root.fd(), &manifest.root_meta, as_root).map_err(|e| Error::io(&target, e))?;
+    // Setting the root's times hides a top-level entry removed since the check: look again.
+    let now: std::collections::HashSet<Vec<u8>> = root
+        .names()
+        .map_err(|e| Error::io(&target, e))?
+        .into_iter()
+        .map(|n| n.into_vec())
+        .collect();
+    if let Some(gone) = trees
+        .tree(&manifest.root)?
+        .entries
+        .iter()
+        .find(|e| !now.contains(&e.name))
+    {
+        root.remove_file(OsStr::new(RESTORE_MARKER))
+            .map_err(|e| Error::io(target.join(RESTORE_MARKER), e))?;
+        return Err(Error::Invalid(format!(
+            "{}: removed while it was being restored; the restore is not marked complete (run it again once \
+             nothing else writes the target)",
+            target.join(OsStr::from_bytes(&gone.name)).display()
+        )));
+    }
     volume::mark_synced(&root, &target, &mut marker, synced)?;
     volume::rewrite_marker(&root, &target, &marker)?;
     phase(started, "metadata applied, synced, checked, marked");
@@ -351,9 +376,11 @@ pub async fn restore_with_trees(
                 .await
                 .map_err(|e| Error::Invalid(format!("index sync panicked: {e}")))??;
             let (trees, ws) = (trees.clone(), workspace.clone());
-            tokio::task::spawn_blocking(move || seed_stat_cache(&index, &ws, &trees, &root_id, &stats))
-                .await
-                .map_err(|e| Error::Invalid(format!("stat-cache seeding panicked: {e}")))?
+            tokio::task::spawn_blocking(move || {
+                seed_stat_cache(&index, &ws, &trees, &root_id, &stats, as_root)
+            })
+            .await
+            .map_err(|e| Error::Invalid(format!("stat-cache seeding panicked: {e}")))?
         }
         .await;
         match seeded {
@@ -391,12 +418,22 @@ fn seed_stat_cache(
     trees: &SnapshotTrees,
     root: &BlobId,
     stats: &HashMap<PathBuf, Stat>,
+    as_root: bool,
 ) -> Result<u64> {
     let mut entries: Vec<(Vec<u8>, StatEntry)> = Vec::new();
     trees.walk(root, &mut |rel, e| {
         if let Node::File { extents, .. } = &e.node {
             if let Some(st) = stats.get(Path::new(OsStr::from_bytes(rel))) {
-                entries.push((rel.to_vec(), StatEntry::of(st, extents.clone())));
+                // What the restore set: every xattr as root; otherwise only `user.` ones are
+                // sure to have been set (the others are skipped when refused).
+                let xattrs = e
+                    .meta
+                    .xattrs
+                    .iter()
+                    .filter(|x| as_root || x.name.starts_with(b"user."))
+                    .cloned()
+                    .collect();
+                entries.push((rel.to_vec(), StatEntry::of(st, extents.clone(), xattrs)));
             }
         }
         Ok(())

@@ -11,11 +11,12 @@
 //! listed ([`same_entry`]): a different type, inode or device means the entry changed while it was
 //! being read, never content.
 //!
-//! Regular files are opened for reading in two steps: `O_PATH | O_NOFOLLOW` (which opens nothing:
-//! a FIFO cannot block, a device's driver is not called), `fstat`, and only for a regular file a
-//! reopen of that very inode through `/proc/self/fd/N`. Where `/proc` is missing the file is
-//! opened directly with `O_NONBLOCK | O_NOCTTY` after the same check, and the `fstat` of what was
-//! opened still decides.
+//! Regular files are opened, for reading or writing, in two steps: `O_PATH | O_NOFOLLOW` (which
+//! opens nothing: a FIFO cannot block, a device's driver is not called), `fstat`, and only for a
+//! regular file a reopen of that very inode through `/proc/self/fd/N`, with `O_NONBLOCK` so a
+//! lease the agent takes never makes us wait. Where `/proc` is missing the file is opened directly
+//! with `O_NONBLOCK | O_NOCTTY` after the same check, and the `fstat` of what was opened still
+//! decides.
 //!
 //! Extended attributes of an entry that is not open (a symlink, a special file, a file the stat
 //! cache vouches for) are read and written through `/proc/self/fd/<dir>/<name>` with the
@@ -291,8 +292,14 @@ impl Dir {
                     OPENAT2.store(1, Ordering::Relaxed);
                     return Ok(fd);
                 }
-                // No openat2 here (an old kernel, or a seccomp profile that refuses it).
-                Err(Errno::NOSYS | Errno::PERM) if OPENAT2.load(Ordering::Relaxed) == 0 => {
+                // No openat2 here (an old kernel, or a seccomp profile that refuses it), if a
+                // harmless probe fails the same way; otherwise the error is this path's.
+                Err(e @ (Errno::NOSYS | Errno::PERM)) if OPENAT2.load(Ordering::Relaxed) == 0 => {
+                    let probe = OFlags::PATH | OFlags::CLOEXEC;
+                    if rustix::fs::openat2(CWD, "/", probe, Mode::empty(), ResolveFlags::empty()).is_ok() {
+                        OPENAT2.store(1, Ordering::Relaxed);
+                        return Err(e.into());
+                    }
                     OPENAT2.store(2, Ordering::Relaxed);
                     tracing::info!(
                         "openat2 is not available; walking workspace paths one component at a time"
@@ -348,30 +355,35 @@ impl Dir {
     /// entry is not a regular file (any more): it was not opened.
     ///
     /// # Errors
-    /// The `open(2)` errors.
+    /// The `open(2)` errors; `EWOULDBLOCK` for a file under a lease (never waited for).
     pub fn open_file(&self, name: &OsStr) -> io::Result<Result<OpenedFile, Stat>> {
         let handle = self.open_path(name)?;
         let stat = Stat::of(&rustix::fs::fstat(&handle)?);
         if !stat.is_file() {
             return Ok(Err(stat));
         }
-        let file: File = match reopen(&handle)? {
-            Some(fd) => fd.into(),
-            None => {
-                let fd = rustix::fs::openat(
-                    &self.fd,
-                    component(name)?.as_c_str(),
-                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
-                let opened = Stat::of(&rustix::fs::fstat(&fd)?);
-                if same_entry(&stat, &opened).is_err() {
-                    return Ok(Err(opened));
-                }
-                fd.into()
-            }
-        };
-        Ok(Ok(OpenedFile { file, stat }))
+        match self.reopen_checked(&handle, &stat, Path::new(name), OFlags::RDONLY)? {
+            Some(file) => Ok(Ok(OpenedFile { file, stat })),
+            None => Ok(Err(stat)),
+        }
+    }
+
+    /// Reopens the `O_PATH` handle of a regular file (`stat` its `fstat`) with `flags`, through
+    /// `/proc/self/fd` (that very inode); without `/proc`, opens `rel` beneath this directory with
+    /// `O_NONBLOCK | O_NOCTTY` and checks it is the same inode (`None` if not).
+    fn reopen_checked(
+        &self,
+        handle: &OwnedFd,
+        stat: &Stat,
+        rel: &Path,
+        flags: OFlags,
+    ) -> io::Result<Option<File>> {
+        if let Some(fd) = reopen(handle, flags)? {
+            return Ok(Some(fd.into()));
+        }
+        let fd = self.open_beneath(rel, flags | OFlags::NONBLOCK | OFlags::NOCTTY, Mode::empty())?;
+        let opened = Stat::of(&rustix::fs::fstat(&fd)?);
+        Ok(same_entry(stat, &opened).is_ok().then(|| fd.into()))
     }
 
     /// Creates the regular file `name` (which must not exist) for writing.
@@ -389,17 +401,30 @@ impl Dir {
     }
 
     /// Opens the existing regular file `rel` below this directory (see [`Dir::open_beneath`]) with
-    /// `flags`, and checks that it is one.
+    /// `flags`: an `O_PATH` handle first, checked to be a regular file (and inode `ino`, if
+    /// given), then reopened, so a FIFO or device node planted there is never opened.
     ///
     /// # Errors
-    /// The `openat2(2)` error; `InvalidData` if it is not a regular file.
-    pub fn open_file_beneath(&self, rel: &Path, flags: OFlags) -> io::Result<(File, Stat)> {
-        let fd = self.open_beneath(rel, flags | OFlags::NOCTTY | OFlags::NONBLOCK, Mode::empty())?;
-        let st = Stat::of(&rustix::fs::fstat(&fd)?);
+    /// The `open(2)` errors; `InvalidData` if it is not a regular file or not that inode.
+    pub fn open_file_beneath(&self, rel: &Path, flags: OFlags, ino: Option<u64>) -> io::Result<(File, Stat)> {
+        let handle = self.open_beneath(rel, OFlags::PATH, Mode::empty())?;
+        let st = Stat::of(&rustix::fs::fstat(&handle)?);
         if !st.is_file() {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file"));
         }
-        Ok((fd.into(), st))
+        if ino.is_some_and(|i| i != st.ino) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "replaced by another file while it was restored",
+            ));
+        }
+        match self.reopen_checked(&handle, &st, rel, flags)? {
+            Some(f) => Ok((f, st)),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "replaced while it was opened",
+            )),
+        }
     }
 
     /// Creates the subdirectory `name`.
@@ -662,9 +687,10 @@ pub fn is_mount(e: &io::Error) -> bool {
     e.raw_os_error() == Some(Errno::XDEV.raw_os_error())
 }
 
-/// Reopens an `O_PATH` handle of a regular file for reading, through `/proc/self/fd` (the same
-/// inode, whatever its name now points to). `None` where `/proc` is not mounted.
-fn reopen(handle: &OwnedFd) -> io::Result<Option<OwnedFd>> {
+/// Reopens an `O_PATH` handle of a regular file with `flags` (plus `O_NONBLOCK`, so a lease
+/// never makes us wait, `O_NOCTTY` and `O_CLOEXEC`), through `/proc/self/fd` (the same inode,
+/// whatever its name now points to). `None` where `/proc` is not mounted.
+fn reopen(handle: &OwnedFd, flags: OFlags) -> io::Result<Option<OwnedFd>> {
     if PROC_FD.load(Ordering::Relaxed) == 2 {
         return Ok(None);
     }
@@ -672,7 +698,7 @@ fn reopen(handle: &OwnedFd) -> io::Result<Option<OwnedFd>> {
     match rustix::fs::openat(
         CWD,
         path.as_str(),
-        OFlags::RDONLY | OFlags::NOCTTY | OFlags::CLOEXEC,
+        flags | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
     ) {
         Ok(fd) => {

@@ -86,7 +86,7 @@ pub(crate) fn read_marker_in(root: &Dir) -> Option<RestoreMarker> {
         return None;
     }
     let (mut f, st) = root
-        .open_file_beneath(Path::new(RESTORE_MARKER), OFlags::RDONLY)
+        .open_file_beneath(Path::new(RESTORE_MARKER), OFlags::RDONLY, None)
         .ok()?;
     // A marker is a small JSON document; anything larger is not one of ours.
     if st.size > MARKER_MAX {
@@ -206,7 +206,7 @@ pub(crate) fn rewrite_marker(root: &Dir, target: &Path, marker: &RestoreMarker) 
 pub(crate) fn rewrite_marker_in(root: &Dir, marker: &RestoreMarker) -> std::io::Result<()> {
     let mut body = serde_json::to_vec_pretty(marker)?;
     body.push(b'\n');
-    let (mut f, _) = root.open_file_beneath(Path::new(RESTORE_MARKER), OFlags::WRONLY)?;
+    let (mut f, _) = root.open_file_beneath(Path::new(RESTORE_MARKER), OFlags::WRONLY, None)?;
     f.write_all(&body)?;
     f.set_len(body.len() as u64)?;
     f.sync_data()
