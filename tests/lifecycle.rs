@@ -59,6 +59,11 @@ impl Pod {
 
     /// Starts `sidecar run` with `extra` flags and waits until it is ready.
     fn start(&mut self, extra: &[&str]) {
+        self.start_env(extra, &[]);
+    }
+
+    /// [`Pod::start`] with more environment variables for the daemon.
+    fn start_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         self.port = free_port();
         let mut cmd = Command::new(bin_path("sidecar"));
         cmd.arg("run")
@@ -71,7 +76,7 @@ impl Pod {
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        cmd.envs(self.env());
+        cmd.envs(self.env()).envs(env.iter().copied());
         self.child = Some(cmd.spawn().expect("start sidecar"));
         wait_ready(self.port, Instant::now() + Duration::from_secs(20));
     }
@@ -329,6 +334,92 @@ fn interval_checkpoints_run_on_their_own_and_a_failing_hook_fails_one() {
     let o = pod.stop(rustix::process::Signal::TERM);
     assert!(!o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("pre-checkpoint hook"), "{}", stderr(&o));
+}
+
+#[test]
+fn hooks_get_no_store_credentials_and_are_killed_with_their_children_past_their_timeout() {
+    // A credential name in --hook-env is refused before anything runs.
+    let o = Command::new(bin_path("sidecar"))
+        .args(["run", "--hook-env", "PGPASSWORD,AWS_SECRET_ACCESS_KEY"])
+        .args([
+            "--store",
+            "/nonexistent",
+            "--workspace",
+            "w",
+            "--source",
+            "/nonexistent",
+        ])
+        .output()
+        .expect("sidecar");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("AWS_SECRET_ACCESS_KEY") && stderr(&o).contains("never passed to hooks"),
+        "{}",
+        stderr(&o)
+    );
+
+    let mut pod = Pod::new();
+    let (env_out, flag, pid) = (pod.path("hook.env"), pod.path("hang"), pod.path("child.pid"));
+    let pre = format!(
+        "env > {env}; if [ -e {flag} ]; then sleep 600 & echo $! > {pid}; wait; fi",
+        env = env_out.display(),
+        flag = flag.display(),
+        pid = pid.display()
+    );
+    pod.start_env(
+        &["--interval", "0", "--log-format", "text"],
+        &[
+            ("CAIRN_PRE_HOOK", &pre),
+            ("CAIRN_HOOK_TIMEOUT", "1s"),
+            ("CAIRN_HOOK_ENV", "PGPASSWORD"),
+            ("AWS_SECRET_ACCESS_KEY", "store-secret-sentinel"),
+            ("GOOGLE_APPLICATION_CREDENTIALS", "/secret/sentinel.json"),
+            ("PGPASSWORD", "hook-may-see-this"),
+        ],
+    );
+    let o = pod.flush();
+    assert!(o.status.success(), "{}", json_line(&o));
+    let env = std::fs::read_to_string(&env_out).expect("the hook ran");
+    assert!(
+        !env.contains("sentinel"),
+        "a store credential reached the hook: {env}"
+    );
+    assert!(!env.contains("CAIRN_STORE"), "{env}");
+    assert!(env.contains("PGPASSWORD=hook-may-see-this"), "{env}");
+    assert!(env.contains("CAIRN_HOOK=pre"), "{env}");
+
+    // A hook that hangs, with a child in the background: the checkpoint fails at the timeout, and
+    // the child dies with the hook.
+    write(&flag, b"");
+    let t = Instant::now();
+    let o = pod.flush();
+    assert!(!o.status.success());
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    let v = json_line(&o);
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not finish within")),
+        "{v}"
+    );
+    let child: i32 = std::fs::read_to_string(&pid)
+        .expect("the hook's child started")
+        .trim()
+        .parse()
+        .expect("pid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Gone, or a zombie nobody reaps (PID 1 of this machine does not): either way not running.
+    while std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    }) {
+        assert!(Instant::now() < deadline, "the hook's child {child} still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::remove_file(&flag).expect("rm");
+    let o = pod.stop(rustix::process::Signal::TERM);
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 #[test]

@@ -24,6 +24,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::OnceCell;
 use tokio::task::AbortHandle;
 
+use crate::hook::Hook;
 use crate::metrics::{Metrics, Run};
 use crate::{http, RunArgs};
 
@@ -236,7 +237,7 @@ impl Daemon {
             .get()
             .ok_or_else(|| anyhow!("the repository is not open yet"))?;
         if let Some(cmd) = &self.args.pre_hook {
-            run_hook("pre", cmd, &self.args.workspace, &self.args.source).await?;
+            self.hook("pre", cmd).run().await?;
         }
         let opts = BackupOptions {
             max_session: cairn_engine::max_session_from_env(),
@@ -254,11 +255,22 @@ impl Daemon {
         };
         let result = backup(repo, &opts, Arc::new(Progress::default())).await;
         if let Some(cmd) = &self.args.post_hook {
-            if let Err(e) = run_hook("post", cmd, &self.args.workspace, &self.args.source).await {
+            if let Err(e) = self.hook("post", cmd).run().await {
                 tracing::warn!(error = format!("{e:#}"), "post-checkpoint hook failed");
             }
         }
         Ok(result?)
+    }
+
+    fn hook<'a>(&'a self, which: &'a str, cmd: &'a str) -> Hook<'a> {
+        Hook {
+            which,
+            cmd,
+            workspace: &self.args.workspace,
+            source: &self.args.source,
+            timeout: self.args.hook_timeout,
+            env: &self.args.hook_env,
+        }
     }
 
     /// Writes a heartbeat; failures are logged, never fatal.
@@ -293,33 +305,10 @@ fn labels(kind: Kind, result: &str) -> Run {
     }
 }
 
-/// Runs a quiesce hook with `sh -c`, in the workspace root. The root is opened once without
-/// following a symlink, and the hook enters it through that descriptor (`/proc/self/fd/N`, which
-/// the child resolves in its own copy of the descriptor table before it execs): the agent cannot
-/// make it start anywhere else by swapping the path.
-async fn run_hook(which: &str, cmd: &str, workspace: &str, source: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd;
-    let root = cairn_engine::WorkspaceDir::open(source)
-        .with_context(|| format!("{which}-checkpoint hook: opening {}", source.display()))?;
-    let status = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .current_dir(format!("/proc/self/fd/{}", root.fd().as_raw_fd()))
-        .env("CAIRN_WORKSPACE", workspace)
-        .env("CAIRN_SOURCE", source)
-        .env("CAIRN_HOOK", which)
-        .status()
-        .await
-        .with_context(|| format!("{which}-checkpoint hook {cmd:?}: cannot start sh"))?;
-    if !status.success() {
-        anyhow::bail!("{which}-checkpoint hook {cmd:?} failed ({status})");
-    }
-    Ok(())
-}
-
 /// Runs the daemon until SIGTERM (or SIGINT), then takes the final checkpoint and returns its
 /// result.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    crate::hook::check_env_names(&args.hook_env)?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let host = cairn_engine::pod_host(args.host.clone());

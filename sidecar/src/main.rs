@@ -8,6 +8,7 @@
 //! while one runs share it.
 
 mod daemon;
+mod hook;
 mod http;
 mod metrics;
 
@@ -74,6 +75,14 @@ pub struct RunArgs {
     /// Shell command run after each checkpoint, whatever its outcome.
     #[arg(long, env = "CAIRN_POST_HOOK")]
     pub post_hook: Option<String>,
+    /// The longest a hook may run; past it, it and every process it started are killed and (for
+    /// the pre-hook) the checkpoint fails.
+    #[arg(long, env = "CAIRN_HOOK_TIMEOUT", default_value = "30s", value_parser = cairn_engine::parse_duration_arg)]
+    pub hook_timeout: Duration,
+    /// Names of variables passed to hooks besides PATH, HOME, LANG, LC_ALL, TZ and HOSTNAME
+    /// (comma-separated); the store's (AWS_*, GOOGLE_*, CAIRN_*) never are.
+    #[arg(long, env = "CAIRN_HOOK_ENV", value_delimiter = ',')]
+    pub hook_env: Vec<String>,
     /// Freeze the workspace's file system while a checkpoint fixes its instant: auto (where the
     /// workspace is a file system of its own), always, or never.
     #[arg(long, env = "CAIRN_FREEZE", default_value = "auto")]
