@@ -4,36 +4,36 @@ use std::path::Path;
 
 use crate::support::*;
 
-struct Cli {
+pub(crate) struct Cli {
     dir: tempfile::TempDir,
 }
 
 impl Cli {
-    fn new() -> Cli {
+    pub(crate) fn new() -> Cli {
         Cli {
             dir: tempfile::tempdir().expect("tempdir"),
         }
     }
 
-    fn store(&self) -> String {
+    pub(crate) fn store(&self) -> String {
         self.dir.path().join("store").display().to_string()
     }
 
-    fn cache(&self) -> String {
+    pub(crate) fn cache(&self) -> String {
         self.dir.path().join("cache").display().to_string()
     }
 
-    fn path(&self, name: &str) -> std::path::PathBuf {
+    pub(crate) fn path(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(name)
     }
 
     /// Runs with CAIRN_STORE and CAIRN_CACHE_DIR set, as a pod spec would.
-    fn run(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn run(&self, args: &[&str]) -> std::process::Output {
         let (store, cache) = (self.store(), self.cache());
         initctl(args, &[("CAIRN_STORE", &store), ("CAIRN_CACHE_DIR", &cache)])
     }
 
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
         assert!(o.status.success(), "initctl {args:?} failed: {}", stderr(&o));
         stdout(&o)
@@ -53,7 +53,7 @@ impl Cli {
     }
 }
 
-fn code(o: &std::process::Output) -> i32 {
+pub(crate) fn code(o: &std::process::Output) -> i32 {
     o.status.code().expect("exited")
 }
 

@@ -56,6 +56,52 @@ async fn corpus_workspace_backup_session_backup_restore_both() {
         s1.elapsed, s1.stats.files, s1.stats.bytes, s1.stats.new_bytes, s2.elapsed, s2.stats.files_read, s2.stats.new_bytes
     );
 
+    // What the session did, as `diff` reports it, is what the test counts on disk.
+    let mut a = cairn_engine::SnapshotView::open(&t.repo, "agent", Some(&s1.snapshot.to_hex()))
+        .await
+        .expect("open s1");
+    let mut b = cairn_engine::SnapshotView::open(&t.repo, "agent", Some(&s2.snapshot.to_hex()))
+        .await
+        .expect("open s2");
+    a.load_all_trees().await.expect("trees");
+    b.load_trees_sharing(&a).await.expect("trees");
+    let changes = cairn_engine::diff(&a, &b, b"", Some(&a.root()), Some(&b.root()))
+        .await
+        .expect("diff");
+    let got: std::collections::BTreeMap<Vec<u8>, String> = changes
+        .iter()
+        .map(|d| {
+            let ch = serde_json::to_value(d.change).expect("change");
+            (d.path.clone(), ch.as_str().expect("name").to_string())
+        })
+        .collect();
+    let want = crate::browse::expected_changes(&describe(&before), &describe(&ws));
+    let count = |m: &dyn Fn(&str) -> bool| got.values().filter(|v| m(v)).count();
+    eprintln!(
+        "corpus: the session added {}, removed {}, modified {}, touched {} entries",
+        count(&|v| v == "added"),
+        count(&|v| v == "removed"),
+        count(&|v| v == "modified"),
+        count(&|v| v == "metadata")
+    );
+    assert!(
+        count(&|v| v == "added") > 0 && count(&|v| v == "removed") > 0 && count(&|v| v == "modified") > 0
+    );
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "diff and the disk disagree on how many entries changed"
+    );
+    assert!(
+        want.iter()
+            .all(|(p, ch)| got.get(p).map(String::as_str) == Some(*ch)),
+        "first disagreement: {:?}",
+        want.iter()
+            .find(|(p, ch)| got.get(*p).map(String::as_str) != Some(**ch))
+            .map(|(p, ch)| (String::from_utf8_lossy(p), ch, got.get(p)))
+    );
+    drop((a, b));
+
     let out1 = t.scratch("out1");
     t.restore("agent", Some(&s1.snapshot), &out1).await;
     assert_same_tree(&before, &out1);

@@ -54,6 +54,11 @@ impl Pod {
         let o = pod.initctl(&["init"]);
         assert!(o.status.success(), "init: {}", stderr(&o));
         build_everything_tree(&pod.ws(), 21);
+        // Hooks run as nobody: they may look around the pod directory and write in hooks/.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(pod.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::create_dir(pod.path("hooks")).expect("mkdir");
+        std::fs::set_permissions(pod.path("hooks"), std::fs::Permissions::from_mode(0o777)).expect("chmod");
         pod
     }
 
@@ -229,8 +234,8 @@ fn concurrent_flushes_share_one_checkpoint_with_hooks_and_metrics() {
     // Files younger than the stat cache's 2 s racy window are re-read by the next backup; let
     // the fresh workspace age past it, so the last assertion can say "nothing re-read".
     std::thread::sleep(Duration::from_millis(2100));
-    let hooks = pod.path("hooks.log");
-    let cwd = pod.path("hook-cwd.log");
+    let hooks = pod.path("hooks/hooks.log");
+    let cwd = pod.path("hooks/hook-cwd.log");
     let pre = format!(
         "echo pre-$CAIRN_HOOK >> {}; pwd -P > {}; sleep 1",
         hooks.display(),
@@ -359,10 +364,17 @@ fn hooks_get_no_store_credentials_and_are_killed_with_their_children_past_their_
     );
 
     let mut pod = Pod::new();
-    let (env_out, flag, pid) = (pod.path("hook.env"), pod.path("hang"), pod.path("child.pid"));
+    let (env_out, flag, pid) = (
+        pod.path("hooks/hook.env"),
+        pod.path("hang"),
+        pod.path("hooks/child.pid"),
+    );
+    let id_out = pod.path("hooks/id");
     let pre = format!(
-        "env > {env}; if [ -e {flag} ]; then sleep 600 & echo $! > {pid}; wait; fi",
+        "env > {env}; id -u > {id}; cat /proc/1/environ /proc/$PPID/environ >> {id} 2>&1; \
+         if [ -e {flag} ]; then sleep 600 & echo $! > {pid}; wait; fi",
         env = env_out.display(),
+        id = id_out.display(),
         flag = flag.display(),
         pid = pid.display()
     );
@@ -387,6 +399,13 @@ fn hooks_get_no_store_credentials_and_are_killed_with_their_children_past_their_
     assert!(!env.contains("CAIRN_STORE"), "{env}");
     assert!(env.contains("PGPASSWORD=hook-may-see-this"), "{env}");
     assert!(env.contains("CAIRN_HOOK=pre"), "{env}");
+    // As nobody, without the sidecar's privileges: its environment is not readable either.
+    let id = std::fs::read_to_string(&id_out).expect("id ran");
+    assert_eq!(id.lines().next(), Some("65534"), "{id}");
+    assert!(
+        !id.contains("sentinel"),
+        "the hook read the sidecar's environment: {id}"
+    );
 
     // A hook that hangs, with a child in the background: the checkpoint fails at the timeout, and
     // the child dies with the hook.

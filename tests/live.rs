@@ -307,6 +307,25 @@ fn flush_in_background(t: &TestRepo) -> std::process::Child {
         .expect("spawn flush")
 }
 
+/// The freeze guards (`sh -c ... cairn-freeze-guard`) that `parent` started.
+fn guards_of(parent: u32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            cmd.split(|b| *b == 0).any(|a| a == b"cairn-freeze-guard") && ppid == Some(parent)
+        })
+        .collect()
+}
+
 fn wait_frozen(fs: &LoopFs) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !writes_block(&fs.mount, Duration::from_millis(200)) {
@@ -339,12 +358,22 @@ async fn a_sidecar_killed_while_frozen_is_thawed_by_its_guard_or_by_its_next_sta
     );
     assert_eq!(heads(&t), 0, "a killed checkpoint sealed something");
 
-    // The sidecar and its guard die together (the container was killed): the file system stays
+    // The sidecar and its guard die together (the container was killed; the guard has a process
+    // group of its own, so that a terminal's signals do not reach it): the file system stays
     // frozen until the next sidecar starts, which thaws it first.
     let mut sc = sidecar(&t, &fs, "30s");
     std::thread::sleep(Duration::from_millis(500));
     let mut flush = flush_in_background(&t);
     wait_frozen(&fs);
+    let guards = guards_of(sc.id());
+    assert_eq!(guards.len(), 1, "one freeze guard runs: {guards:?}");
+    for g in guards {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(g).expect("pid"),
+            rustix::process::Signal::KILL,
+        )
+        .expect("kill the guard");
+    }
     rustix::process::kill_process_group(
         rustix::process::Pid::from_child(&sc),
         rustix::process::Signal::KILL,
@@ -362,6 +391,37 @@ async fn a_sidecar_killed_while_frozen_is_thawed_by_its_guard_or_by_its_next_sta
         assert!(Instant::now() < deadline, "the next start did not thaw");
     }
     assert_eq!(heads(&t), 0, "a killed checkpoint sealed something");
+
+    // Ctrl-C at a terminal signals initctl's whole process group: initctl dies, the guard (a
+    // group of its own, deaf to it) sees the pipe close and thaws.
+    {
+        use std::os::unix::process::CommandExt;
+        let mut b = Command::new(initctl_path())
+            .arg("backup")
+            .arg(&fs.mount)
+            .env("CAIRN_STORE", t.store_dir())
+            .env("CAIRN_WORKSPACE", "frozen")
+            .env("CAIRN_CACHE_DIR", t.scratch("cache-initctl"))
+            .env("CAIRN_FREEZE", "always")
+            .env("CAIRN_FREEZE_DEADLINE", "60s")
+            .env("CAIRN_FREEZE_HOLD", "30s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("spawn backup");
+        wait_frozen(&fs);
+        rustix::process::kill_process_group(
+            rustix::process::Pid::from_child(&b),
+            rustix::process::Signal::INT,
+        )
+        .expect("SIGINT the group");
+        let _ = b.wait();
+        assert!(
+            !writes_block(&fs.mount, Duration::from_secs(5)),
+            "a Ctrl-C left the file system frozen"
+        );
+    }
 
     // After all that, a checkpoint seals a snapshot that restores what the agent wrote.
     write(&fs.path("more.txt"), b"after the thaw");

@@ -9,6 +9,7 @@
 //! - `store`     the store contract (conformance suite) and URL parsing
 //! - `cloud`     S3 and GCS against servers the suite starts; retries; injected faults; outages
 //! - `cli`       the `initctl` binary: commands, env vars, JSON, exit codes
+//! - `browse`    `ls`, `find`, `diff` and `dump` against the tree on disk, and what each reads
 //! - `gc`        garbage collection: condemn, wait, sweep, resurrection; writers, forks, restores and GC at once
 //! - `live`      live databases (PostgreSQL, SQLite) checkpointed on frozen XFS and ext4 images
 //! - `lifecycle` the `sidecar` daemon and killed backups, with real processes and signals
@@ -18,6 +19,7 @@
 mod support;
 
 mod bad_input;
+mod browse;
 mod cli;
 mod cloud;
 mod corpus;

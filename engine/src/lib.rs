@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 mod backup;
+mod browse;
 mod check;
 mod chunker;
 mod compact;
@@ -46,6 +47,9 @@ pub use backup::{
     backup, freezable, freeze_hold_from_env, hostname, max_session_from_env, thaw_leftover, BackupOptions,
     BackupReport, Consistency, Freezable, FreezeMode, FreezeOptions, MAX_DEPTH, MAX_RECORDS,
 };
+pub use browse::{
+    diff, entry_size, join as join_path, normalize_path, split_path, Change, Difference, SnapshotView,
+};
 pub use check::{check, CheckReport};
 pub use chunker::{chunk_reader, chunk_slice, ChunkReadError};
 pub use compact::{dedup_fetches_from_env, CompactSet, GlobalDedup};
@@ -60,7 +64,7 @@ pub use heartbeat::{
     HEARTBEATS_PREFIX,
 };
 pub use index::{BlobLocation, LocalIndex, PackInfo, StatEntry};
-pub use meta::{is_root, raise_fd_limit};
+pub use meta::{is_root, no_core_dumps, raise_fd_limit};
 pub use pack::{FinishedPack, PackBuilder};
 pub use progress::{Progress, ProgressSnapshot};
 pub use repack::RepackReport;

@@ -31,6 +31,16 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// Makes this process not dumpable (`prctl(PR_SET_DUMPABLE, 0)`): no core dump holds its
+/// credentials or keys, and no process of another user may ptrace it or read its `/proc` files.
+/// Its children are dumpable again after their `exec`.
+pub fn no_core_dumps() {
+    use rustix::process::{set_dumpable_behavior, DumpableBehavior};
+    if let Err(e) = set_dumpable_behavior(DumpableBehavior::NotDumpable) {
+        tracing::debug!(error = %e, "could not make the process non-dumpable");
+    }
+}
+
 /// Nanoseconds since the epoch of a `(secs, nsecs)` pair.
 pub fn ns(secs: i64, nsecs: i64) -> i128 {
     i128::from(secs) * 1_000_000_000 + i128::from(nsecs)

@@ -77,6 +77,14 @@ enum Command {
     Restore(cmd::restore::RestoreArgs),
     /// List snapshots.
     Snapshots(cmd::snapshots::SnapshotsArgs),
+    /// List a snapshot's directory (or, with -R, everything below it), like `ls -l`.
+    Ls(cmd::browse::LsArgs),
+    /// Find a snapshot's entries by a glob on their name or path.
+    Find(cmd::browse::FindArgs),
+    /// What changed between two snapshots: added, removed, modified, metadata only.
+    Diff(cmd::browse::DiffArgs),
+    /// A file's bytes from a snapshot on stdout, or a directory as a tar stream.
+    Dump(cmd::browse::DumpArgs),
     /// Restore a snapshot into a scratch directory and verify every byte, with timings.
     Drill(cmd::drill::DrillArgs),
     /// Verify the repository's structure (and with --read-data, every byte).
@@ -97,6 +105,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     output::init_logging(&cli.global);
     cairn_engine::raise_fd_limit();
+    cairn_engine::no_core_dumps();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -111,6 +120,10 @@ fn main() -> ExitCode {
             Command::Backup(a) => cmd::backup::run(&g, a).await,
             Command::Restore(a) => cmd::restore::run(&g, a).await,
             Command::Snapshots(a) => cmd::snapshots::run(&g, a).await,
+            Command::Ls(a) => cmd::browse::ls(&g, a).await,
+            Command::Find(a) => cmd::browse::find(&g, a).await,
+            Command::Diff(a) => cmd::browse::diff_cmd(&g, a).await,
+            Command::Dump(a) => cmd::browse::dump(&g, a).await,
             Command::Drill(a) => cmd::drill::run(&g, a).await,
             Command::Check(a) => cmd::check::run(&g, a).await,
             Command::Heartbeats(a) => cmd::heartbeats::run(&g, a).await,

@@ -270,6 +270,7 @@ impl Daemon {
             source: &self.args.source,
             timeout: self.args.hook_timeout,
             env: &self.args.hook_env,
+            user: self.args.hook_user,
         }
     }
 

@@ -1,9 +1,13 @@
 //! Quiesce hooks: `sh -c` commands the pod spec sets around each checkpoint.
 //!
-//! A hook runs in the workspace root, entered by descriptor, with a minimal environment (never the
-//! sidecar's store credentials), in a process group of its own, and under a timeout: past it, or
-//! when the checkpoint it belongs to is cancelled, the whole group is killed, so a hook that hangs
-//! or leaves a child behind cannot hold the next checkpoint or outlive the pod's grace period.
+//! A hook runs in the workspace root, entered by descriptor, with a minimal environment (none of the
+//! sidecar's store configuration), as an unprivileged user (`--hook-user`, default `nobody`; via
+//! util-linux's `setpriv` with `--no-new-privs`, so no setuid or file-capability binary raises it
+//! again), in a process group of its own, and under a timeout: past it, or when the checkpoint it
+//! belongs to is cancelled, the whole group is killed, so a hook that hangs cannot hold the next
+//! checkpoint or outlive the pod's grace period. Run as root (`--hook-user 0`), a hook holds every
+//! privilege of the sidecar: it could read the sidecar's credentials from `/proc/1/environ` or the
+//! token files, and it works in a directory the agent controls.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -14,7 +18,7 @@ use anyhow::Context;
 
 /// What a hook inherits from the sidecar's environment; anything else only if `--hook-env` names
 /// it.
-const INHERITED: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "HOSTNAME"];
+const INHERITED: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ", "HOSTNAME"];
 
 /// Prefixes of the variables that carry store credentials; `--hook-env` refuses them.
 const CREDENTIALS: &[&str] = &["AWS_", "GOOGLE_", "GCS_", "CLOUDSDK_", "CAIRN_"];
@@ -35,6 +39,27 @@ pub fn check_env_names(names: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Who hooks run as: `UID[:GID]` (GID defaults to UID), or `0` for the sidecar's own user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HookUser(pub Option<(u32, u32)>);
+
+impl std::str::FromStr for HookUser {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{s:?}: give a numeric UID[:GID] (65534:65534 is nobody; 0 runs hooks as the sidecar's user)"
+            )
+        };
+        let (u, g) = match s.split_once(':') {
+            Some((u, g)) => (u, g),
+            None => (s, s),
+        };
+        let (u, g): (u32, u32) = (u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?);
+        Ok(HookUser((u != 0).then_some((u, g))))
+    }
+}
+
 /// One hook run.
 pub struct Hook<'a> {
     /// `pre` or `post`.
@@ -45,6 +70,8 @@ pub struct Hook<'a> {
     pub timeout: Duration,
     /// Extra variables (`--hook-env`) passed through.
     pub env: &'a [String],
+    /// Who it runs as.
+    pub user: HookUser,
 }
 
 impl Hook<'_> {
@@ -56,7 +83,18 @@ impl Hook<'_> {
         // descriptor table before it execs): the agent cannot make it start anywhere else.
         let root = cairn_engine::WorkspaceDir::open(self.source)
             .with_context(|| format!("{which}-checkpoint hook: opening {}", self.source.display()))?;
-        let mut c = tokio::process::Command::new("sh");
+        // The working directory is entered before the exec, as the sidecar; setpriv then drops to
+        // the hook's user (a process that changed its user cannot open its own /proc/self/fd).
+        let mut c = match self.user.0 {
+            Some((uid, gid)) if cairn_engine::is_root() => {
+                let mut c = tokio::process::Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .args(["--clear-groups", "--no-new-privs", "--", "sh"]);
+                c
+            }
+            _ => tokio::process::Command::new("sh"),
+        };
         c.arg("-c")
             .arg(cmd)
             .current_dir(format!("/proc/self/fd/{}", root.fd().as_raw_fd()))
@@ -76,9 +114,9 @@ impl Hook<'_> {
             .stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = c
-            .spawn()
-            .with_context(|| format!("{which}-checkpoint hook {cmd:?}: cannot start sh"))?;
+        let mut child = c.spawn().with_context(|| {
+            format!("{which}-checkpoint hook {cmd:?}: cannot start sh (or setpriv, for --hook-user)")
+        })?;
         let mut group = Group(child.id());
         let status = match tokio::time::timeout(self.timeout, child.wait()).await {
             Ok(status) => status.with_context(|| format!("{which}-checkpoint hook {cmd:?}"))?,

@@ -79,7 +79,11 @@ pub struct RunArgs {
     /// the pre-hook) the checkpoint fails.
     #[arg(long, env = "CAIRN_HOOK_TIMEOUT", default_value = "30s", value_parser = cairn_engine::parse_duration_arg)]
     pub hook_timeout: Duration,
-    /// Names of variables passed to hooks besides PATH, HOME, LANG, LC_ALL, TZ and HOSTNAME
+    /// Who hooks run as: UID[:GID], default nobody (65534); 0 runs them with all the sidecar's
+    /// privileges.
+    #[arg(long, env = "CAIRN_HOOK_USER", default_value = "65534:65534")]
+    pub hook_user: crate::hook::HookUser,
+    /// Names of variables passed to hooks besides PATH, LANG, LC_ALL, TZ and HOSTNAME
     /// (comma-separated); the store's (AWS_*, GOOGLE_*, CAIRN_*) never are.
     #[arg(long, env = "CAIRN_HOOK_ENV", value_delimiter = ',')]
     pub hook_env: Vec<String>,
@@ -112,6 +116,7 @@ struct FlushArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cairn_engine::raise_fd_limit();
+    cairn_engine::no_core_dumps();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

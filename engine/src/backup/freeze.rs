@@ -12,7 +12,8 @@
 //! process started before the freeze (`sh -c 'timeout DEADLINE cat; fsfreeze -u PATH'`, reading a
 //! pipe from this process: it thaws when the deadline passes or when this process dies, even by
 //! SIGKILL), and at the next start of a sidecar whose container was killed with its guard (a
-//! marker in the cache directory names what to thaw).
+//! marker in the cache directory names what to thaw; the freezer's `flock` on `frozen.lock` tells
+//! a leftover from a freeze in progress, in this process or another).
 //!
 //! Freezing another file system than the workspace's own would stall everything on it (an
 //! `emptyDir` shares the node's disk), so a volume is frozen only if it is the root of a mount of
@@ -20,6 +21,7 @@
 //! cache directory; otherwise the backup reads the live volume as before, and says why.
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -152,6 +154,19 @@ pub fn freezable(source: &Path, cache_dir: &Path) -> Result<Freezable, String> {
                 real.display()
             )
         })?;
+    let st = fs::metadata(&real).map_err(|e| format!("{}: {e}", real.display()))?;
+    let dev = std::os::unix::fs::MetadataExt::dev(&st);
+    // btrfs gives each subvolume an anonymous device of its own: no match to expect there.
+    if mount.fstype != "btrfs" && (rustix::fs::major(dev), rustix::fs::minor(dev)) != mount.dev {
+        return Err(format!(
+            "{} is not the file system /proc/self/mountinfo lists there (device {}:{} against {}:{})",
+            real.display(),
+            rustix::fs::major(dev),
+            rustix::fs::minor(dev),
+            mount.dev.0,
+            mount.dev.1
+        ));
+    }
     if mount.root != "/" {
         return Err(format!(
             "{} is a bind mount of {} of a larger file system (an emptyDir or hostPath): freezing it would stall its \
@@ -190,6 +205,7 @@ pub fn freezable(source: &Path, cache_dir: &Path) -> Result<Freezable, String> {
 }
 
 struct MountInfo {
+    dev: (u32, u32),
     root: String,
     mount_point: PathBuf,
     fstype: String,
@@ -202,7 +218,9 @@ fn parse_mountinfo(line: &str) -> Option<MountInfo> {
     let (left, right) = line.split_once(" - ")?;
     let l: Vec<&str> = left.split(' ').collect();
     let r: Vec<&str> = right.split(' ').collect();
+    let (major, minor) = l.get(2)?.split_once(':')?;
     Some(MountInfo {
+        dev: (major.parse().ok()?, minor.parse().ok()?),
         root: unescape(l.get(3)?),
         mount_point: PathBuf::from(unescape(l.get(4)?)),
         fstype: r.first()?.to_string(),
@@ -234,13 +252,56 @@ fn marker(cache_dir: &Path) -> PathBuf {
     cache_dir.join("frozen")
 }
 
+/// The lock a freeze holds (`flock`, in the cache directory) from before the marker is written
+/// until its guard is gone: one freeze at a time per cache directory across processes (a second
+/// would fail with EBUSY, or its guard thaw the first's), and a leftover thaw never releases a
+/// freeze that is held. A killed process's lock is released by the kernel, so a marker whose
+/// lock can be taken is a leftover.
+fn lock(cache_dir: &Path, wait: bool) -> std::io::Result<Option<fs::File>> {
+    use rustix::fs::{flock, FlockOperation};
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(cache_dir.join("frozen.lock"))?;
+    let op = if wait {
+        FlockOperation::LockExclusive
+    } else {
+        FlockOperation::NonBlockingLockExclusive
+    };
+    match flock(&f, op) {
+        Ok(()) => Ok(Some(f)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A frozen file system; thawed on [`Frozen::thaw`] or drop.
 pub(crate) struct Frozen {
     mount_point: PathBuf,
     marker: PathBuf,
     guard: Option<Child>,
+    /// Before the guard started: the guard thaws no earlier than `deadline` after this.
+    armed: Instant,
+    deadline: Duration,
     started: Instant,
-    thawed: bool,
+    /// The freeze succeeded.
+    frozen: bool,
+    /// [`Frozen::release`] ran.
+    released: bool,
+    /// This process's own thaw succeeded (then the guard must not thaw again).
+    thawed_here: bool,
+    _lock: fs::File,
+}
+
+/// How a freeze ended.
+pub(crate) struct Thawed {
+    /// How long the file system was frozen.
+    pub held: Duration,
+    /// Whether the guard may have thawed it before this process did (the deadline passed, the
+    /// guard said it is about to thaw, or it is gone): then what was read is not all of one
+    /// instant.
+    pub lapsed: bool,
 }
 
 fn fsfreeze(flag: &str, path: &Path) -> std::io::Result<std::process::Output> {
@@ -253,68 +314,124 @@ fn fsfreeze(flag: &str, path: &Path) -> std::io::Result<std::process::Output> {
         .output()
 }
 
+/// The guard: waits for EOF on its stdin (this process closing it, or dying) for at most the
+/// deadline, says so on its stdout, then thaws. Its own process group, deaf to the signals a
+/// terminal sends (so a Ctrl-C or hangup that kills `initctl` cannot take the guard with it), and
+/// to SIGPIPE (its "thawing" goes to a pipe nobody reads once this process is dead).
+const GUARD: &str = r#"trap '' INT HUP TERM QUIT PIPE; timeout "$1" cat >/dev/null; echo thawing; exec fsfreeze -u "$2" 2>/dev/null"#;
+
 impl Frozen {
     /// Freezes `fs` for at most `deadline` (the guard thaws it then, or when this process dies).
     ///
     /// # Errors
-    /// Why it could not be frozen (no `fsfreeze`, no `CAP_SYS_ADMIN`, ...).
+    /// Why it could not be frozen (no `fsfreeze`, no `CAP_SYS_ADMIN`, another process freezing,
+    /// a freeze slower than the deadline, ...).
     pub fn freeze(fs: &Freezable, cache_dir: &Path, deadline: Duration) -> Result<Frozen, String> {
         fs::create_dir_all(cache_dir).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
+        let lock = lock(cache_dir, false)
+            .map_err(|e| format!("{}: {e}", cache_dir.join("frozen.lock").display()))?
+            .ok_or_else(|| {
+                format!(
+                    "another checkpoint (of this process or another) is freezing this file system now (it holds {})",
+                    cache_dir.join("frozen.lock").display()
+                )
+            })?;
         let marker = marker(cache_dir);
         fs::write(&marker, fs.mount_point.as_os_str().as_encoded_bytes())
             .map_err(|e| format!("{}: {e}", marker.display()))?;
         let secs = format!("{:.3}", deadline.as_secs_f64());
+        let armed = Instant::now();
         let guard = Command::new("sh")
             .arg("-c")
-            .arg(r#"timeout "$1" cat >/dev/null; exec fsfreeze -u "$2" 2>/dev/null"#)
+            .arg(GUARD)
             .arg("cairn-freeze-guard")
             .arg(&secs)
             .arg(&fs.mount_point)
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
+            .process_group(0)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .spawn()
-            .map_err(|e| format!("cannot start the freeze guard (sh): {e}"))?;
+            .spawn();
+        let guard = match guard {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = fs::remove_file(&marker);
+                return Err(format!("cannot start the freeze guard (sh): {e}"));
+            }
+        };
+        if let Some(out) = &guard.stdout {
+            // Read without waiting: "nothing yet" is the answer while the guard waits.
+            let _ = rustix::fs::fcntl_setfl(out, rustix::fs::OFlags::NONBLOCK);
+        }
         let mut f = Frozen {
             mount_point: fs.mount_point.clone(),
             marker,
             guard: Some(guard),
+            armed,
+            deadline,
             started: Instant::now(),
-            thawed: false,
+            frozen: false,
+            released: false,
+            thawed_here: false,
+            _lock: lock,
         };
         match fsfreeze("-f", &fs.mount_point) {
             Ok(o) if o.status.success() => {
                 f.started = Instant::now();
+                f.frozen = true;
+                // A freeze that took the whole deadline (FIFREEZE waits for writers in flight)
+                // has no watchdog left: undo it at once.
+                if f.lapsed() {
+                    let _ = f.release();
+                    return Err(format!(
+                        "freezing {} took longer than the deadline of {deadline:?} (CAIRN_FREEZE_DEADLINE)",
+                        fs.mount_point.display()
+                    ));
+                }
                 Ok(f)
             }
-            Ok(o) => {
-                f.thawed = true;
-                Err(format!(
-                    "fsfreeze -f {}: {} (freezing needs CAP_SYS_ADMIN)",
-                    fs.mount_point.display(),
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ))
-            }
-            Err(e) => {
-                f.thawed = true;
-                Err(format!("cannot run fsfreeze (util-linux): {e}"))
-            }
+            Ok(o) => Err(format!(
+                "fsfreeze -f {}: {} (freezing needs CAP_SYS_ADMIN)",
+                fs.mount_point.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => Err(format!("cannot run fsfreeze (util-linux): {e}")),
         }
     }
 
-    /// Thaws and returns how long it was frozen.
-    pub fn thaw(mut self) -> Duration {
-        self.release()
+    /// Whether the guard may have thawed (or be about to thaw) the file system by now.
+    fn lapsed(&mut self) -> bool {
+        if self.armed.elapsed() >= self.deadline {
+            return true;
+        }
+        let Some(g) = self.guard.as_mut() else { return true };
+        if !matches!(g.try_wait(), Ok(None)) {
+            return true;
+        }
+        let Some(out) = g.stdout.as_mut() else { return true };
+        let mut b = [0u8; 16];
+        // Nothing to read (EAGAIN) while the guard waits; a byte or EOF once it thaws or is gone.
+        !matches!(std::io::Read::read(out, &mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Thaws, and says how long it was frozen and whether the guard may have thawed it first.
+    pub fn thaw(mut self) -> Thawed {
+        let lapsed = self.lapsed();
+        let held = self.release();
+        Thawed { held, lapsed }
     }
 
     fn release(&mut self) -> Duration {
         let held = self.started.elapsed();
-        if !self.thawed {
-            self.thawed = true;
+        if self.released {
+            return held;
+        }
+        self.released = true;
+        if self.frozen {
             match fsfreeze("-u", &self.mount_point) {
-                Ok(o) if o.status.success() => {}
+                Ok(o) if o.status.success() => self.thawed_here = true,
                 // The guard thawed it at the deadline already.
                 Ok(o) => tracing::debug!(stderr = %String::from_utf8_lossy(&o.stderr).trim(), "fsfreeze -u"),
                 Err(e) => {
@@ -323,7 +440,11 @@ impl Frozen {
             }
         }
         if let Some(mut g) = self.guard.take() {
-            // Closing its stdin ends the guard's wait; it thaws once more (a no-op) and exits.
+            // Thawed here, or never frozen: the guard's shell must not thaw (a freeze someone
+            // else holds). Otherwise (our thaw failed) closing its stdin makes it thaw now.
+            if !self.frozen || self.thawed_here {
+                let _ = g.kill();
+            }
             drop(g.stdin.take());
             let _ = g.wait();
         }
@@ -339,9 +460,14 @@ impl Drop for Frozen {
 }
 
 /// Thaws a file system that a killed backup left frozen (its marker in `cache_dir`), at the start
-/// of a sidecar or backup. Returns the mount point if it was frozen and is thawed now.
+/// of a sidecar or backup. Returns the mount point if it was frozen and is thawed now. Never
+/// waits: a marker whose lock is held belongs to a freeze in progress, not a leftover.
 pub fn thaw_leftover(cache_dir: &Path) -> Option<PathBuf> {
     let marker = marker(cache_dir);
+    if !marker.exists() {
+        return None;
+    }
+    let _lock = lock(cache_dir, false).ok()??;
     let bytes = fs::read(&marker).ok()?;
     let point = PathBuf::from(String::from_utf8_lossy(&bytes).into_owned());
     let thawed = fsfreeze("-u", &point).is_ok_and(|o| o.status.success());

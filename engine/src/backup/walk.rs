@@ -127,13 +127,16 @@ impl Session {
             if !opts.hold.is_zero() {
                 std::thread::sleep(opts.hold);
             }
-            let held = frozen.thaw();
+            let thawed = frozen.thaw();
+            let held = thawed.held;
             let (tree, meta) = walked?;
-            if held > opts.deadline {
-                // The guard thawed the file system before the capture ended: what was copied
-                // after that is not of the instant, and may be torn. Read it all again, live.
+            if thawed.lapsed {
+                // The guard (at its deadline, counted from before the freeze) may have thawed the
+                // file system before the capture ended: what was copied after that is not of the
+                // instant, and may be torn. Read it all again, live.
                 let why = format!(
-                    "the capture took {held:.2?}, past the freeze deadline of {:?} (CAIRN_FREEZE_DEADLINE)",
+                    "the freeze lapsed before the capture ended (frozen {held:.2?}, deadline {:?}: \
+                     CAIRN_FREEZE_DEADLINE)",
                     opts.deadline
                 );
                 if opts.mode == FreezeMode::Always {

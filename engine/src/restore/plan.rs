@@ -218,8 +218,15 @@ impl<'a> Planner<'a> {
     fn plan_content(&mut self, idx: usize, extents: &[Extent]) -> Result<()> {
         let mut offset = 0u64;
         for x in extents {
-            if let Extent::Chunk { id, .. } = x {
-                if let Some(&(src, from, len)) = self.sources.as_ref().and_then(|s| s.get(id)) {
+            if let Extent::Chunk { id, len: want } = x {
+                // A staged copy is used only if its extent agrees on the length (else fetch, which
+                // checks the blob's length against the tree).
+                let staged = self
+                    .sources
+                    .as_ref()
+                    .and_then(|s| s.get(id))
+                    .filter(|(_, _, len)| len == want);
+                if let Some(&(src, from, len)) = staged {
                     self.plan.local[src].1.push(LocalNeed {
                         id: *id,
                         from,
@@ -233,6 +240,15 @@ impl<'a> Planner<'a> {
                         return Err(Error::Corrupt {
                             object: format!("blob {id}"),
                             detail: "file content located in a metadata pack".into(),
+                        });
+                    }
+                    if loc.entry.raw_len != *want {
+                        return Err(Error::Corrupt {
+                            object: format!("blob {id}"),
+                            detail: format!(
+                                "the tree gives it {want} bytes, the index {}: the snapshot's trees and index disagree",
+                                loc.entry.raw_len
+                            ),
                         });
                     }
                     self.plan.needs.entry(loc.pack).or_default().push(Need {

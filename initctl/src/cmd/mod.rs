@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod backup;
+pub mod browse;
 pub mod check;
 pub mod drill;
 pub mod forget;
