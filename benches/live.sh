@@ -17,6 +17,8 @@ checkpoints=${1:-4} write=${2:-}
 # shellcheck source=benches/common.sh
 source benches/common.sh
 bench_dirs live
+# PostgreSQL runs as its own user: it must reach the images mounted below.
+chmod 755 "$work"
 script=$(realpath ../shared/corpus/make-workspace.sh)
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 export CAIRN_QUIET=1 CAIRN_WORKSPACE=bench
