@@ -198,6 +198,23 @@ fn requests() -> serde_json::Value {
     serde_json::to_value(cairn_engine::request_counts()).unwrap_or_default()
 }
 
+/// Entries as one JSON document (with the requests made) or `ls -l` lines.
+fn print_entries(g: &Global, view: &SnapshotView<'_>, entries: &[(Vec<u8>, Entry)]) -> Result<()> {
+    if g.json {
+        output::json(&serde_json::json!({
+            "workspace": view.workspace, "snapshot": view.id.to_hex(),
+            "entries": entries.iter().map(|(p, e)| entry_json(p, e)).collect::<Vec<_>>(),
+            "requests": requests(),
+        }));
+    } else {
+        let mut out = std::io::stdout().lock();
+        for (p, e) in entries {
+            writeln!(out, "{}", entry_line(p, e))?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn ls(g: &Global, a: LsArgs) -> Result<u8> {
     let repo = super::open(g).await?;
     let mut view = a.snapshot.open(&repo, &a.workspace).await?;
@@ -223,18 +240,7 @@ pub async fn ls(g: &Global, a: LsArgs) -> Result<u8> {
     } else {
         listed.push((path.clone(), entry));
     }
-    if g.json {
-        output::json(&serde_json::json!({
-            "workspace": view.workspace, "snapshot": view.id.to_hex(),
-            "entries": listed.iter().map(|(p, e)| entry_json(p, e)).collect::<Vec<_>>(),
-            "requests": requests(),
-        }));
-    } else {
-        let mut out = std::io::stdout().lock();
-        for (p, e) in &listed {
-            writeln!(out, "{}", entry_line(p, e))?;
-        }
-    }
+    print_entries(g, &view, &listed)?;
     Ok(exit::OK)
 }
 
@@ -259,18 +265,7 @@ pub async fn find(g: &Global, a: FindArgs) -> Result<u8> {
         Ok(())
     })
     .await?;
-    if g.json {
-        output::json(&serde_json::json!({
-            "workspace": view.workspace, "snapshot": view.id.to_hex(),
-            "entries": found.iter().map(|(p, e)| entry_json(p, e)).collect::<Vec<_>>(),
-            "requests": requests(),
-        }));
-    } else {
-        let mut out = std::io::stdout().lock();
-        for (p, e) in &found {
-            writeln!(out, "{}", entry_line(p, e))?;
-        }
-    }
+    print_entries(g, &view, &found)?;
     Ok(if found.is_empty() { exit::FAILED } else { exit::OK })
 }
 
