@@ -937,6 +937,8 @@ assert [c["name"] for c in spec["initContainers"]] == ["restore", "cairn-sidecar
 assert restore["command"] == ["initctl", "restore"] and "restartPolicy" not in restore
 assert env(restore)["CAIRN_TARGET"] == "/workspace"
 assert sidecar["restartPolicy"] == "Always", "a native sidecar"
+assert sidecar["command"] == ["tini", "--", "sidecar", "run"], "an init reaps what hooks leave"
+assert set(sidecar["securityContext"]["capabilities"]["add"]) == {"SYS_ADMIN", "SETUID", "SETGID"}
 assert sidecar["lifecycle"]["preStop"]["exec"]["command"] == ["sidecar", "flush"]
 assert env(restore)["CAIRN_CACHE_DIR"] == env(sidecar)["CAIRN_CACHE_DIR"], "the restore seeds the sidecar's cache"
 deadline = int(env(sidecar)["CAIRN_FLUSH_DEADLINE"].rstrip("s"))
