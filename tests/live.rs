@@ -307,6 +307,16 @@ fn flush_in_background(t: &TestRepo) -> std::process::Child {
         .expect("spawn flush")
 }
 
+/// A sidecar whose flush holds the file system frozen (for 30 s more than its capture), and the
+/// waiting `sidecar flush`.
+fn frozen_by_a_flush(t: &TestRepo, fs: &LoopFs) -> (std::process::Child, std::process::Child) {
+    let sc = sidecar(t, fs, "30s");
+    std::thread::sleep(Duration::from_millis(500));
+    let flush = flush_in_background(t);
+    wait_frozen(fs);
+    (sc, flush)
+}
+
 /// The freeze guards (`sh -c ... cairn-freeze-guard`) that `parent` started.
 fn guards_of(parent: u32) -> Vec<i32> {
     std::fs::read_dir("/proc")
@@ -341,10 +351,7 @@ async fn a_sidecar_killed_while_frozen_is_thawed_by_its_guard_or_by_its_next_sta
     let heads = |t: &TestRepo| t.objects("heads").len();
 
     // The sidecar alone is killed: its guard sees the pipe close and thaws at once.
-    let mut sc = sidecar(&t, &fs, "30s");
-    std::thread::sleep(Duration::from_millis(500));
-    let mut flush = flush_in_background(&t);
-    wait_frozen(&fs);
+    let (mut sc, mut flush) = frozen_by_a_flush(&t, &fs);
     rustix::process::kill_process(
         rustix::process::Pid::from_child(&sc),
         rustix::process::Signal::KILL,
@@ -361,10 +368,7 @@ async fn a_sidecar_killed_while_frozen_is_thawed_by_its_guard_or_by_its_next_sta
     // The sidecar and its guard die together (the container was killed; the guard has a process
     // group of its own, so that a terminal's signals do not reach it): the file system stays
     // frozen until the next sidecar starts, which thaws it first.
-    let mut sc = sidecar(&t, &fs, "30s");
-    std::thread::sleep(Duration::from_millis(500));
-    let mut flush = flush_in_background(&t);
-    wait_frozen(&fs);
+    let (mut sc, mut flush) = frozen_by_a_flush(&t, &fs);
     let guards = guards_of(sc.id());
     assert_eq!(guards.len(), 1, "one freeze guard runs: {guards:?}");
     for g in guards {
