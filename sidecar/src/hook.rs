@@ -76,6 +76,9 @@ pub struct Hook<'a> {
 
 impl Hook<'_> {
     /// Runs the hook; an error if it fails, cannot start or does not finish in time.
+    ///
+    /// Errors name the hook (`pre` or `post`), never its command line: an operator may have put a
+    /// password in it, and errors reach logs and `sidecar flush`'s JSON.
     pub async fn run(&self) -> anyhow::Result<()> {
         let (which, cmd) = (self.which, self.cmd);
         // The root is opened once without following a symlink, and the hook enters it through
@@ -115,13 +118,13 @@ impl Hook<'_> {
             .process_group(0)
             .kill_on_drop(true);
         let mut child = c.spawn().with_context(|| {
-            format!("{which}-checkpoint hook {cmd:?}: cannot start sh (or setpriv, for --hook-user)")
+            format!("{which}-checkpoint hook: cannot start sh (or setpriv, for --hook-user)")
         })?;
         let mut group = Group(child.id());
         let status = match tokio::time::timeout(self.timeout, child.wait()).await {
-            Ok(status) => status.with_context(|| format!("{which}-checkpoint hook {cmd:?}"))?,
+            Ok(status) => status.with_context(|| format!("{which}-checkpoint hook"))?,
             Err(_) => anyhow::bail!(
-                "{which}-checkpoint hook {cmd:?} did not finish within {:?} (--hook-timeout); \
+                "{which}-checkpoint hook did not finish within {:?} (--hook-timeout); \
                  it and the processes it started were killed",
                 self.timeout
             ),
@@ -129,7 +132,7 @@ impl Hook<'_> {
         // It ended on its own: what it left running in the background is its business.
         group.0 = None;
         if !status.success() {
-            anyhow::bail!("{which}-checkpoint hook {cmd:?} failed ({status})");
+            anyhow::bail!("{which}-checkpoint hook failed ({status})");
         }
         Ok(())
     }
