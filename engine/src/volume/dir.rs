@@ -13,10 +13,10 @@
 //!
 //! Regular files are opened, for reading or writing, in two steps: `O_PATH | O_NOFOLLOW` (which
 //! opens nothing: a FIFO cannot block, a device's driver is not called), `fstat`, and only for a
-//! regular file a reopen of that very inode through `/proc/self/fd/N`, with `O_NONBLOCK` so a
-//! lease the agent takes never makes us wait. Where `/proc` is missing the file is opened directly
-//! with `O_NONBLOCK | O_NOCTTY` after the same check, and the `fstat` of what was opened still
-//! decides.
+//! regular file a reopen of that very inode through `/proc/self/fd/N` (relative to one descriptor
+//! of `/proc/self/fd`, opened once), with `O_NONBLOCK` so a lease the agent takes never makes us
+//! wait. Where `/proc` is missing the file is opened directly with `O_NONBLOCK | O_NOCTTY` after
+//! the same check, and the `fstat` of what was opened still decides.
 //!
 //! Extended attributes of an entry that is not open (a symlink, a special file, a file the stat
 //! cache vouches for) are read and written through `/proc/self/fd/<dir>/<name>` with the
@@ -34,6 +34,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, CWD};
 use rustix::io::Errno;
@@ -53,8 +54,9 @@ const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
 /// Whether `openat2` works here (0 unknown, 1 yes, 2 no: an old kernel or a seccomp profile
 /// that refuses it; then paths are walked one `openat` at a time).
 static OPENAT2: AtomicU8 = AtomicU8::new(0);
-/// Whether `/proc/self/fd` reopens work (same encoding).
-static PROC_FD: AtomicU8 = AtomicU8::new(0);
+/// `/proc/self/fd`, opened once (`None` where `/proc` is not mounted): regular files are reopened
+/// relative to it, which spares each reopen the walk through `/proc` and `self`.
+static PROC_FD: OnceLock<Option<OwnedFd>> = OnceLock::new();
 
 /// `lstat` of an entry, in the units Cairn uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -691,27 +693,21 @@ pub fn is_mount(e: &io::Error) -> bool {
 /// never makes us wait, `O_NOCTTY` and `O_CLOEXEC`), through `/proc/self/fd` (the same inode,
 /// whatever its name now points to). `None` where `/proc` is not mounted.
 fn reopen(handle: &OwnedFd, flags: OFlags) -> io::Result<Option<OwnedFd>> {
-    if PROC_FD.load(Ordering::Relaxed) == 2 {
+    let Some(proc_fd) = PROC_FD.get_or_init(|| match rustix::fs::open("/proc/self/fd", DIR, Mode::empty()) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            tracing::warn!(
+                "/proc/self/fd cannot be opened ({e}): workspace files are opened with O_NONBLOCK after an O_PATH check"
+            );
+            None
+        }
+    }) else {
         return Ok(None);
-    }
-    let path = format!("/proc/self/fd/{}", handle.as_raw_fd());
-    match rustix::fs::openat(
-        CWD,
-        path.as_str(),
+    };
+    Ok(Some(rustix::fs::openat(
+        proc_fd,
+        rustix::path::DecInt::from_fd(handle),
         flags | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
-    ) {
-        Ok(fd) => {
-            PROC_FD.store(1, Ordering::Relaxed);
-            Ok(Some(fd))
-        }
-        Err(Errno::NOENT) if PROC_FD.load(Ordering::Relaxed) == 0 && !Path::new("/proc/self/fd").is_dir() => {
-            PROC_FD.store(2, Ordering::Relaxed);
-            tracing::warn!(
-                "/proc is not mounted: workspace files are opened with O_NONBLOCK after an O_PATH check"
-            );
-            Ok(None)
-        }
-        Err(e) => Err(e.into()),
-    }
+    )?))
 }
