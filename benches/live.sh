@@ -2,7 +2,8 @@
 # Checkpoints of a live workspace (issue 13): the corpus workspace with a PostgreSQL cluster under
 # pgbench load, on a loop-mounted XFS and ext4 image of its own (the workspace is the file system's
 # root, as a PersistentVolume is), checkpointed with `initctl backup` (freeze auto):
-#   - the still corpus (no database yet), read live (--freeze never) and frozen, full and unchanged;
+#   - the still corpus (no database yet), read live (--freeze never) and frozen, with and without
+#     the live pre-pass (--prepass), full and unchanged;
 #   - with the database running: the first checkpoint, one after an agent session
 #     (make-workspace.sh --session) ran beside the load, then CHECKPOINTS more two seconds apart.
 # Prints, per checkpoint, the wall seconds, the milliseconds the file system was frozen, the files
@@ -35,7 +36,7 @@ row() {
 import json, sys
 fs, what, line = sys.argv[1], sys.argv[2], sys.argv[3]
 v = json.loads(line)
-print(f"| {fs} | {what} | {v['seconds']:.2f} | {v['frozen_seconds'] * 1000:.0f} | {v['files_read']} | "
+print(f"| {fs} | {what} | {v['seconds']:.2f} | {v['prepass_seconds']:.2f} | {v['frozen_seconds'] * 1000:.0f} | {v['files_read']} | "
       f"{v['bytes_read'] / 2**20:.0f} | {'yes' if v['point_in_time'] else 'no: ' + str(v['not_point_in_time_because'])} |")
 EOF
 )$'\n'
@@ -56,12 +57,17 @@ for fs in xfs ext4; do
   cp -a "$corpus/." "$mnt/"
   sync
 
-  # The still corpus: read live, then frozen (separate repositories, cold and then warm caches).
-  for mode in never auto; do
+  # The still corpus: read live, then frozen with and without the pre-pass (separate
+  # repositories, cold and then warm caches).
+  for mode in never auto:true auto:false; do
+    freeze=${mode%:*} prepass=${mode#*:}
+    [ "$mode" = never ] && prepass=true
     export CAIRN_STORE=$work/store-$fs-$mode CAIRN_CACHE_DIR=$work/cache-$fs-$mode
     "$cairn" init >/dev/null
-    row "$fs" "still corpus, full, freeze $mode" "$(backup --freeze "$mode" "$mnt")"
-    row "$fs" "still corpus, unchanged, freeze $mode" "$(backup --freeze "$mode" "$mnt")"
+    what="freeze $freeze"
+    [ "$freeze" = auto ] && what+=", pre-pass $prepass"
+    row "$fs" "still corpus, full, $what" "$(backup --freeze "$freeze" --prepass "$prepass" "$mnt")"
+    row "$fs" "still corpus, unchanged, $what" "$(backup --freeze "$freeze" --prepass "$prepass" "$mnt")"
   done
 
   # The database, under load beside the agent.
@@ -91,7 +97,7 @@ for fs in xfs ext4; do
   umount "$mnt"
 done
 
-table="| fs | checkpoint | wall s | frozen ms | files read | MiB read | point in time |"$'\n'"|---|---|---|---|---|---|---|"$'\n'"$rows"
+table="| fs | checkpoint | wall s | pre-pass s | frozen ms | files read | MiB read | point in time |"$'\n'"|---|---|---|---|---|---|---|---|"$'\n'"$rows"
 echo "$table"
 if [ "$write" = --write ]; then
   {

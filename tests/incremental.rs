@@ -136,6 +136,44 @@ async fn file_rewritten_during_backup_is_never_stored_torn() {
     eprintln!("hot file stored consistently in {stored} of 4 rounds");
 }
 
+/// The stat cache trusts a file read whole as soon as its ctime is a timestamp tick older than
+/// the read (not 2 s, as before), and trusts its ctime, not its mtime: a rewrite right after a
+/// backup that keeps the size and puts the old mtime back is still read by the next backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_file_read_whole_is_trusted_and_a_rewrite_keeping_size_and_mtime_is_still_seen() {
+    let t = TestRepo::new().await;
+    let src = t.scratch("src");
+    let path = src.join("config.json");
+    for round in 0..5u8 {
+        write(&path, &[b'a' + round; 4096]);
+        let first = t.backup("ws", &src).await;
+        assert_eq!(first.stats.files_read, 1, "round {round}: {:?}", first.stats);
+        let unchanged = t.backup("ws", &src).await;
+        assert_eq!(
+            unchanged.stats.files_read, 0,
+            "round {round}: a file read whole, seconds old, is read again: {:?}",
+            unchanged.stats
+        );
+        let mtime = std::fs::metadata(&path).expect("stat").modified().expect("mtime");
+        let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+        f.write_all_at(&[b'A' + round; 4096], 0).expect("rewrite");
+        f.set_modified(mtime).expect("put the mtime back");
+        drop(f);
+        let after = t.backup("ws", &src).await;
+        assert_eq!(
+            after.stats.files_read, 1,
+            "round {round}: the rewrite went unseen: {:?}",
+            after.stats
+        );
+        let out = t.scratch(&format!("out{round}"));
+        t.restore("ws", Some(&after.snapshot), &out).await;
+        assert_eq!(
+            std::fs::read(out.join("config.json")).expect("restored"),
+            vec![b'A' + round; 4096]
+        );
+    }
+}
+
 /// Sets every mtime well in the past so the stat cache trusts the files.
 pub fn age_tree(root: &std::path::Path) {
     let st = std::process::Command::new("find")

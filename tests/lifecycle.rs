@@ -231,9 +231,9 @@ fn sigterm_takes_a_final_checkpoint_that_the_next_pod_restores() {
 #[test]
 fn concurrent_flushes_share_one_checkpoint_with_hooks_and_metrics() {
     let mut pod = Pod::new();
-    // Files younger than the stat cache's 2 s racy window are re-read by the next backup; let
-    // the fresh workspace age past it, so the last assertion can say "nothing re-read".
-    std::thread::sleep(Duration::from_millis(2100));
+    // A file stamped within a timestamp tick of its read is re-read by the next backup; let the
+    // fresh workspace age past it, so the last assertion can say "nothing re-read".
+    std::thread::sleep(Duration::from_millis(200));
     let hooks = pod.path("hooks/hooks.log");
     let cwd = pod.path("hooks/hook-cwd.log");
     let pre = format!(

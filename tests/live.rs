@@ -20,6 +20,16 @@ async fn checkpoint(
     source: &Path,
     mode: FreezeMode,
 ) -> cairn_engine::Result<BackupReport> {
+    checkpoint_with(t, ws, source, mode, true).await
+}
+
+async fn checkpoint_with(
+    t: &TestRepo,
+    ws: &str,
+    source: &Path,
+    mode: FreezeMode,
+    prepass: bool,
+) -> cairn_engine::Result<BackupReport> {
     let opts = BackupOptions {
         max_session: Duration::from_secs(3600),
         dedup_fetches: 0,
@@ -32,6 +42,7 @@ async fn checkpoint(
             mode,
             deadline: Duration::from_secs(5),
             hold: Duration::ZERO,
+            prepass,
         },
     };
     backup(&t.repo, &opts, Arc::new(Progress::default())).await
@@ -191,6 +202,102 @@ async fn sqlite_in_wal_mode_passes_its_integrity_check_from_every_checkpoint() {
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
+    }
+}
+
+/// Rewrites `hot.bin` with one `pwrite` per version, each version a run of its own number: a
+/// copy that mixes two versions is torn.
+const HOT_WRITER: &str = r#"
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+n = 0
+while True:
+    n += 1
+    os.pwrite(fd, n.to_bytes(8, "little") * (256 * 1024 // 8), 0)
+    time.sleep(0.002)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pre_pass_reads_a_sessions_output_live_and_the_freeze_copies_only_what_changed_since() {
+    let Some(fs) = loop_fs("xfs", 512) else { return };
+    let t = TestRepo::new().await;
+    let out_dir = fs.path("out");
+    std::fs::create_dir_all(&out_dir).expect("mkdir");
+    let hot = fs.path("hot.bin");
+    let _writer = KillOnDrop(
+        Command::new("python3")
+            .arg("-c")
+            .arg(HOT_WRITER)
+            .arg(&hot)
+            .spawn()
+            .expect("spawn the writer"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mut checked = 0;
+    for (round, prepass) in [(0u8, true), (1, false), (2, true)] {
+        // An agent session's output: 32 MiB in 32 new files, quiet by the checkpoint.
+        let mut files = Vec::new();
+        for i in 0..32 {
+            let body = random_bytes(u64::from(round) * 100 + i, 1 << 20);
+            let p = out_dir.join(format!("r{round}-{i}.o"));
+            std::fs::write(&p, &body).expect("write");
+            files.push((p, body));
+        }
+        // Quiet for a few timestamp ticks, as a session's output is by the next checkpoint.
+        std::thread::sleep(Duration::from_millis(100));
+        let r = checkpoint_with(&t, "pre", &fs.mount, FreezeMode::Always, prepass)
+            .await
+            .expect("checkpoint");
+        assert!(r.consistency.point_in_time, "{:?}", r.consistency);
+        assert_eq!(r.stats.skipped, 0, "{:?}", r.warnings);
+        let mib_read = r.stats.bytes_read as f64 / f64::from(1 << 20);
+        eprintln!(
+            "live: pre-pass {prepass}: {:.2} s before the freeze, frozen {:.0} ms, {mib_read:.1} MiB read",
+            r.consistency.prepass_seconds,
+            r.consistency.frozen_seconds * 1e3
+        );
+        if prepass {
+            assert!(r.consistency.prepass_seconds > 0.0, "{:?}", r.consistency);
+            // The session's files are read once, live; only the hot file is copied and then
+            // chunked (each staged byte counts twice).
+            assert!(
+                mib_read < 32.0 + 4.0,
+                "{mib_read} MiB read: the session's files were copied frozen"
+            );
+        } else {
+            assert_eq!(r.consistency.prepass_seconds, 0.0);
+            assert!(
+                mib_read >= 64.0,
+                "{mib_read} MiB read: the frozen walk copies what changed"
+            );
+        }
+        let restored = t.scratch(&format!("restored-{round}"));
+        t.restore("pre", Some(&r.snapshot), &restored).await;
+        for (p, body) in &files {
+            let rel = p.strip_prefix(&fs.mount).expect("below the mount");
+            assert!(
+                std::fs::read(restored.join(rel)).expect("restored file") == *body,
+                "{rel:?} differs"
+            );
+        }
+        let copy = std::fs::read(restored.join("hot.bin")).expect("the hot file is in the checkpoint");
+        assert_eq!(copy.len(), 256 * 1024);
+        assert!(
+            copy.chunks(8).all(|w| w == &copy[..8]),
+            "checkpoint {round}: the hot file mixes two versions"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+}
+
+/// A child process killed when the test ends, failed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -197,6 +197,7 @@ impl Daemon {
                     "skipped": s.skipped,
                     "point_in_time": c.point_in_time,
                     "frozen_seconds": c.frozen_seconds,
+                    "prepass_seconds": c.prepass_seconds,
                     "not_point_in_time_because": c.fallback,
                     "seconds": seconds,
                 });
@@ -210,6 +211,7 @@ impl Daemon {
                     uploaded_bytes = s.uploaded_bytes,
                     point_in_time = c.point_in_time,
                     frozen_ms = c.frozen_seconds * 1e3,
+                    prepass_ms = c.prepass_seconds * 1e3,
                     seconds,
                     "checkpoint sealed"
                 );
@@ -251,6 +253,7 @@ impl Daemon {
                 mode: self.args.freeze,
                 deadline: self.args.freeze_deadline,
                 hold: cairn_engine::freeze_hold_from_env().map_err(anyhow::Error::msg)?,
+                prepass: self.args.prepass,
             },
         };
         let result = backup(repo, &opts, Arc::new(Progress::default())).await;

@@ -95,6 +95,10 @@ pub struct RunArgs {
     /// the volume live.
     #[arg(long, env = "CAIRN_FREEZE_DEADLINE", default_value = "2s", value_parser = cairn_engine::parse_duration_arg)]
     pub freeze_deadline: Duration,
+    /// Before freezing, read what changed since the last checkpoint live, so the file system stays
+    /// frozen only to copy what changed since (false: everything changed is copied frozen).
+    #[arg(long, env = "CAIRN_PREPASS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub prepass: bool,
     /// Time between heartbeats (`heartbeats/<workspace>/<host>` in the store); 0 turns them off.
     #[arg(long, env = "CAIRN_HEARTBEAT_INTERVAL", default_value = "60s", value_parser = cairn_engine::parse_duration_arg)]
     pub heartbeat_interval: Duration,

@@ -65,6 +65,9 @@ pub struct FreezeOptions {
     /// For drills and tests of the watchdog: stay frozen this much longer after the capture
     /// (`CAIRN_FREEZE_HOLD`; zero in production).
     pub hold: Duration,
+    /// Read what changed since the last checkpoint live first, so the freeze only copies what
+    /// changed during that pre-pass (`CAIRN_PREPASS`, default on; see `walk.rs`).
+    pub prepass: bool,
 }
 
 impl Default for FreezeOptions {
@@ -73,12 +76,13 @@ impl Default for FreezeOptions {
             mode: FreezeMode::Auto,
             deadline: Duration::from_secs(2),
             hold: Duration::ZERO,
+            prepass: true,
         }
     }
 }
 
 impl FreezeOptions {
-    /// From `CAIRN_FREEZE`, `CAIRN_FREEZE_DEADLINE` and `CAIRN_FREEZE_HOLD`.
+    /// From `CAIRN_FREEZE`, `CAIRN_FREEZE_DEADLINE`, `CAIRN_FREEZE_HOLD` and `CAIRN_PREPASS`.
     ///
     /// # Errors
     /// A message naming the variable with a bad value.
@@ -92,6 +96,11 @@ impl FreezeOptions {
                 .ok_or_else(|| format!("CAIRN_FREEZE_DEADLINE: {v:?} is not a duration like 2s or 500ms"))?;
         }
         o.hold = hold_from_env()?;
+        if let Ok(v) = std::env::var("CAIRN_PREPASS") {
+            o.prepass = v
+                .parse()
+                .map_err(|_| format!("CAIRN_PREPASS: {v:?} is not true or false"))?;
+        }
         Ok(o)
     }
 }
@@ -116,6 +125,8 @@ pub struct Consistency {
     pub point_in_time: bool,
     /// Seconds the file system was frozen (0 when it was not).
     pub frozen_seconds: f64,
+    /// Seconds of the live pre-pass before the freeze (0 without one).
+    pub prepass_seconds: f64,
     /// Why the volume was read live (no freeze), or why the freeze did not hold.
     pub fallback: Option<String>,
 }

@@ -54,9 +54,10 @@ const UPLOAD_QUEUE: usize = 1;
 const UPLOAD_CONCURRENCY: usize = 3;
 /// Times a file that changes while it is read is read again before it is left out.
 pub(crate) const READ_ATTEMPTS: usize = 3;
-/// Files modified this close to the start of a backup (or after it) are not trusted to the stat
-/// cache next time: a later write within the file system's timestamp granularity could leave size
-/// and times unchanged ("racily clean", as git calls it).
+/// On a file system that stamps whole seconds, files changed this close to the start of a backup
+/// (or after it) are not trusted to the stat cache next time: a later write within the same
+/// second could leave size and times unchanged ("racily clean", as git calls it). Nanosecond
+/// stamps need only a tick's margin (`walk.rs`, `Session::remember`).
 const RACY_WINDOW_NS: i128 = 2_000_000_000;
 
 /// What to back up.
@@ -228,6 +229,8 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         racy_after_ns: timestamp_ns(time) - RACY_WINDOW_NS,
         source: opts.source.clone(),
         staging: std::sync::RwLock::new(None),
+        prepass: std::sync::atomic::AtomicBool::new(false),
+        read_before: Mutex::new(HashMap::new()),
     });
 
     let walker = session.clone();
@@ -553,18 +556,16 @@ impl Counters {
 }
 
 impl Counters {
-    /// Forgets what a walk counted (before it is done again); what was stored stays counted.
-    fn reset_walk(&self) {
-        for a in [
-            &self.files,
-            &self.dirs,
-            &self.others,
-            &self.bytes,
-            &self.files_read,
-            &self.bytes_read,
-            &self.skipped,
-        ] {
+    /// Forgets what a walk counted (before it is done again); what was stored stays counted,
+    /// and with `keep_reads` what was read too (a pre-pass's reads are part of the checkpoint's
+    /// work).
+    fn reset_walk(&self, keep_reads: bool) {
+        for a in [&self.files, &self.dirs, &self.others, &self.bytes, &self.skipped] {
             a.store(0, Ordering::Relaxed);
+        }
+        if !keep_reads {
+            self.files_read.store(0, Ordering::Relaxed);
+            self.bytes_read.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -603,6 +604,12 @@ struct Session {
     source: PathBuf,
     /// Where changed files' bytes go while the file system is frozen (capture mode).
     staging: std::sync::RwLock<Option<Arc<walk::Staging>>>,
+    /// Whether the walk running now is the live pre-pass before a freeze (`walk.rs`): it reads
+    /// what changed but stores no tree.
+    prepass: std::sync::atomic::AtomicBool,
+    /// What the pre-pass read, by path: a file whose `lstat` still matches at the instant is
+    /// taken from here instead of being copied while the file system is frozen.
+    read_before: Mutex<HashMap<Vec<u8>, crate::index::StatEntry>>,
 }
 
 /// How a snapshot that reuses a stored pack's blobs locates them.

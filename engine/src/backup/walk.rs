@@ -12,6 +12,17 @@
 //! Capture (the file system is frozen, `freeze.rs`): a changed file's bytes are copied to the
 //! staging directory instead of read into the pipeline, and the trees above it wait as
 //! [`Pending`] until [`Session::complete`] chunks the staged copies after the thaw.
+//!
+//! Before a capture, a live pre-pass reads what changed since the last checkpoint (an agent
+//! session's output, a first checkpoint's everything) into the pipeline, file by file as in live
+//! mode, and remembers each file it read whole with the `lstat` it had. The frozen walk then
+//! takes a file whose `lstat` is still that one from the pre-pass and copies only what changed
+//! since (a running database's files). That is sound because a read counts as whole only if the
+//! file's ctime is older than the read's start by more than the kernel's timestamp tick
+//! ([`Session::read_file`]): any write from then on gives it a later ctime. On a file system that
+//! stamps whole seconds (a zero nanosecond part) that does not hold, and such a file is trusted
+//! only once it is [`super::RACY_WINDOW_NS`] old. The pre-pass stores no tree, and a file that
+//! changes while it reads it is left to the frozen walk without a second look.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Seek, SeekFrom};
@@ -52,6 +63,9 @@ enum Step {
     Gone,
     /// It changed while being read (the reason, for the warning if it keeps changing).
     Changed(String),
+    /// It was read whole, but it had been written so shortly before that a write during the read
+    /// might not show in its times: to be read again, now that its clock has moved on.
+    Recent,
 }
 
 /// A walked entry: finished, or waiting for staged content (capture mode).
@@ -86,6 +100,8 @@ pub(super) enum TreeOf {
 pub(super) struct Staging {
     pub dir: Dir,
     pub next: AtomicU32,
+    /// The clock before the freeze began: every staged copy is of the file as it was after it.
+    pub instant_ns: i128,
 }
 
 impl Session {
@@ -108,11 +124,13 @@ impl Session {
             std::process::id(),
             rand::random::<u32>()
         ));
+        let prepass_seconds = if opts.prepass { self.prepass(root)? } else { 0.0 };
         std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         let staged = (|| {
             let staging = Arc::new(Staging {
                 dir: Dir::open(&path).map_err(|e| Error::io(&path, e))?,
                 next: AtomicU32::new(0),
+                instant_ns: now_ns(),
             });
             let frozen = match Frozen::freeze(&fs, cache_dir, opts.deadline) {
                 Ok(f) => f,
@@ -142,7 +160,7 @@ impl Session {
                 if opts.mode == FreezeMode::Always {
                     return Err(Error::Invalid(format!("{}: {why}", self.source.display())));
                 }
-                self.counters.reset_walk();
+                self.counters.reset_walk(opts.prepass);
                 self.warnings
                     .lock()
                     .expect("invariant: lock not poisoned")
@@ -160,12 +178,41 @@ impl Session {
                 Consistency {
                     point_in_time: true,
                     frozen_seconds: held.as_secs_f64(),
+                    prepass_seconds: 0.0,
                     fallback: None,
                 },
             ))
         })();
         let _ = std::fs::remove_dir_all(&path);
-        staged
+        staged.map(|(id, meta, c)| (id, meta, Consistency { prepass_seconds, ..c }))
+    }
+
+    /// The live pre-pass before a freeze (see the module docs): reads what changed into the
+    /// pipeline and [`Session::read_before`]; what it counted and warned of is forgotten (the
+    /// frozen walk looks at everything again), what it read stays counted.
+    fn prepass(&self, root: &Dir) -> Result<f64> {
+        let started = std::time::Instant::now();
+        self.prepass.store(true, Ordering::Relaxed);
+        let walked = self.root(root);
+        self.prepass.store(false, Ordering::Relaxed);
+        walked?;
+        self.counters.reset_walk(true);
+        self.warnings
+            .lock()
+            .expect("invariant: lock not poisoned")
+            .clear();
+        let seconds = started.elapsed().as_secs_f64();
+        let files = self
+            .read_before
+            .lock()
+            .expect("invariant: lock not poisoned")
+            .len();
+        tracing::debug!(seconds, files, "pre-pass read what changed");
+        Ok(seconds)
+    }
+
+    fn in_prepass(&self) -> bool {
+        self.prepass.load(Ordering::Relaxed)
     }
 
     /// The walk of the live volume (no freeze), with why it is not point in time.
@@ -184,6 +231,7 @@ impl Session {
             Consistency {
                 point_in_time: false,
                 frozen_seconds: 0.0,
+                prepass_seconds: 0.0,
                 fallback: why,
             },
         ))
@@ -243,6 +291,11 @@ impl Session {
                 walked.push(e);
             }
         }
+        if self.in_prepass() {
+            // Only the files it read matter; its trees are never used (the frozen walk makes
+            // the snapshot's), so none is stored.
+            return Ok(TreeOf::Done(BlobId::of(b"")));
+        }
         if walked.iter().all(|w| matches!(w, Walked::Ready(_))) {
             let entries = walked
                 .into_iter()
@@ -296,7 +349,7 @@ impl Session {
                         let extents = self.chunk(&mut f, &copy.stat, &rel)?;
                         let _ = staging.dir.remove_file(&name);
                         inc(&self.counters.files_read, 1);
-                        self.remember(&rel, &stat, &extents, &entry.meta)?;
+                        self.remember(&rel, &stat, &extents, &entry.meta, staging.instant_ns)?;
                         if let Node::File { extents: e, .. } = &mut entry.node {
                             *e = extents;
                         }
@@ -308,15 +361,39 @@ impl Session {
         self.put_tree(entries)
     }
 
-    /// Records a file's identity and content in the stat cache. One modified too close to the
-    /// backup's start is recorded as the last good version only, never trusted to skip a read
-    /// (its ctime is [`StatEntry::UNTRUSTED`]).
-    fn remember(&self, rel: &[u8], st: &Stat, extents: &[Extent], meta: &Meta) -> Result<()> {
+    /// Records a file's identity and content in the stat cache; `captured_ns` is the clock
+    /// before its content was taken (the read's start, or the freeze's).
+    ///
+    /// The entry lets a later backup skip reading the file only if any write after the capture
+    /// must have changed its ctime: the ctime is older than the capture by more than the kernel's
+    /// timestamp tick ([`HOT_NS`]), so a later write, stamped with the coarse clock at or after
+    /// the capture, stamps a later one. A whole-second ctime (a zero nanosecond part: a file
+    /// system that stamps seconds) needs [`super::RACY_WINDOW_NS`] instead, counted from the
+    /// backup's start. Otherwise the entry records the last good version only, never trusted to
+    /// skip a read (its ctime is [`StatEntry::UNTRUSTED`]).
+    fn remember(
+        &self,
+        rel: &[u8],
+        st: &Stat,
+        extents: &[Extent],
+        meta: &Meta,
+        captured_ns: i128,
+    ) -> Result<()> {
         let mut entry = StatEntry::of(st, extents.to_vec(), meta.xattrs.clone());
-        if entry.mtime_ns >= self.racy_after_ns {
+        if !self.trusted(st, captured_ns) {
             entry.ctime_ns = StatEntry::UNTRUSTED;
         }
         self.index.put_stat(&self.workspace, rel, &entry)
+    }
+
+    /// Whether a file whose content was taken after `captured_ns`, with `st` its `lstat` then, is
+    /// known to be unchanged for as long as its `lstat` is (see [`Session::remember`]).
+    fn trusted(&self, st: &Stat, captured_ns: i128) -> bool {
+        if st.ctime.1 == 0 {
+            st.ctime_ns() < self.racy_after_ns
+        } else {
+            st.ctime_ns() < captured_ns - HOT_NS
+        }
     }
 
     /// Backs up the entry `name` of `parent` (on device `dev`). `Ok(None)`: left out (with a
@@ -367,8 +444,14 @@ impl Session {
                     return Ok(Some(e));
                 }
                 Step::Gone => return Ok(None),
+                // The frozen walk copies it at the instant.
+                Step::Changed(_) if self.in_prepass() => return Ok(None),
                 Step::Changed(w) => {
                     why = w;
+                    last = Some(st);
+                }
+                Step::Recent => {
+                    why = "written just before it was read".into();
                     last = Some(st);
                 }
             }
@@ -527,26 +610,43 @@ impl Session {
             },
             meta,
         };
-        if let Some(c) = self.index.stat(&self.workspace, rel)? {
-            if stat_matches(&c, st) && self.all_known(&c.extents)? {
-                inc(&self.counters.files, 1);
-                inc(&self.counters.bytes, st.size);
-                // The entry vouches for the xattrs too (changing them moves the ctime): none is
-                // read for an unchanged file.
-                let meta = Meta {
-                    mode: st.mode & 0o7777,
-                    uid: st.uid,
-                    gid: st.gid,
-                    mtime: cairn_formats::Timestamp {
-                        secs: st.mtime.0,
-                        nanos: st.mtime.1,
-                    },
-                    xattrs: c.xattrs,
-                };
-                return Ok(Step::Done(Walked::Ready(entry(
-                    st.size, c.extents, link_group, meta,
-                ))));
-            }
+        // Read whole by the pre-pass and unchanged since (see the module docs), or unchanged
+        // since a previous backup (the stat cache).
+        let before = if self.in_prepass() {
+            None
+        } else {
+            self.read_before
+                .lock()
+                .expect("invariant: lock not poisoned")
+                .get(rel)
+                .filter(|c| stat_matches(c, st))
+                .cloned()
+        };
+        let cached = match before {
+            Some(c) => Some(c),
+            None => match self.index.stat(&self.workspace, rel)? {
+                Some(c) if stat_matches(&c, st) && self.all_known(&c.extents)? => Some(c),
+                _ => None,
+            },
+        };
+        if let Some(c) = cached {
+            inc(&self.counters.files, 1);
+            inc(&self.counters.bytes, st.size);
+            // The entry vouches for the xattrs too (changing them moves the ctime): none is
+            // read for an unchanged file.
+            let meta = Meta {
+                mode: st.mode & 0o7777,
+                uid: st.uid,
+                gid: st.gid,
+                mtime: cairn_formats::Timestamp {
+                    secs: st.mtime.0,
+                    nanos: st.mtime.1,
+                },
+                xattrs: c.xattrs,
+            };
+            return Ok(Step::Done(Walked::Ready(entry(
+                st.size, c.extents, link_group, meta,
+            ))));
         }
         let opened = match parent.open_file(name) {
             Ok(Ok(f)) => f,
@@ -588,21 +688,36 @@ impl Session {
             }));
         }
         match self.read_file(opened, rel) {
-            Ok(Attempt::Done(extents, md, meta)) => {
+            Ok(Attempt::Done(extents, md, meta, started)) => {
                 inc(&self.counters.files, 1);
                 inc(&self.counters.files_read, 1);
                 inc(&self.counters.bytes, md.size);
-                self.remember(rel, &md, &extents, &meta)?;
+                self.remember(rel, &md, &extents, &meta, started)?;
+                if self.in_prepass() && self.trusted(&md, started) {
+                    self.read_before
+                        .lock()
+                        .expect("invariant: lock not poisoned")
+                        .insert(
+                            rel.to_vec(),
+                            StatEntry::of(&md, extents.clone(), meta.xattrs.clone()),
+                        );
+                }
                 let link_group = (md.nlink > 1).then_some(md.ino);
                 Ok(Step::Done(Walked::Ready(entry(
                     md.size, extents, link_group, meta,
                 ))))
             }
-            Ok(Attempt::Changed(stamp)) => {
-                // Wait until the file's latest stamp is a tick behind the clock.
-                let wait = (stamp + HOT_NS - now_ns()).clamp(0, HOT_NS);
-                std::thread::sleep(Duration::from_nanos(wait as u64));
+            // The pre-pass leaves a file that changes while it is read to the frozen walk.
+            Ok(Attempt::Changed(_)) if self.in_prepass() => {
                 Ok(Step::Changed("written while being read".into()))
+            }
+            Ok(Attempt::Changed(stamp)) => {
+                wait_past(stamp);
+                Ok(Step::Changed("written while being read".into()))
+            }
+            Ok(Attempt::Recent(stamp)) => {
+                wait_past(stamp);
+                Ok(Step::Recent)
             }
             Err(Error::Io { path, source }) => {
                 self.skip(format!("{}: {source}; file left out", path.display()));
@@ -720,17 +835,27 @@ impl Session {
         // while it was read: read it again once its clock has moved on.
         let window = started - HOT_NS..=now_ns() + HOT_NS;
         if window.contains(&after.mtime_ns()) || window.contains(&after.ctime_ns()) {
-            return Ok(Attempt::Changed(latest_stamp(&after)));
+            return Ok(Attempt::Recent(latest_stamp(&after)));
         }
-        Ok(Attempt::Done(extents, before, meta))
+        Ok(Attempt::Done(extents, before, meta, started))
     }
 }
 
 /// How one attempt at reading a file ended.
 enum Attempt {
-    Done(Vec<Extent>, Stat, Meta),
+    /// Read whole: its extents, `lstat` and metadata, and the clock when the read started.
+    Done(Vec<Extent>, Stat, Meta, i128),
     /// Changed while read; the latest of its mtime and ctime.
     Changed(i128),
+    /// Unchanged while read, but stamped within a tick of it (see [`Step::Recent`]); the latest
+    /// of its mtime and ctime.
+    Recent(i128),
+}
+
+/// Waits until a file's latest stamp is a tick behind the clock.
+fn wait_past(stamp: i128) {
+    let wait = (stamp + HOT_NS - now_ns()).clamp(0, HOT_NS);
+    std::thread::sleep(Duration::from_nanos(wait as u64));
 }
 
 fn latest_stamp(st: &Stat) -> i128 {

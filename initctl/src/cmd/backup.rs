@@ -33,6 +33,10 @@ pub struct BackupArgs {
     /// volume live.
     #[arg(long, env = "CAIRN_FREEZE_DEADLINE", default_value = "2s", value_parser = cairn_engine::parse_duration_arg)]
     freeze_deadline: std::time::Duration,
+    /// Before freezing, read what changed since the last checkpoint live, so the file system stays
+    /// frozen only to copy what changed since (false: everything changed is copied frozen).
+    #[arg(long, env = "CAIRN_PREPASS", default_value_t = true, action = clap::ArgAction::Set)]
+    prepass: bool,
     /// The directory to back up.
     #[arg(env = "CAIRN_SOURCE")]
     path: PathBuf,
@@ -55,6 +59,7 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<u8> {
             mode: a.freeze,
             deadline: a.freeze_deadline,
             hold: cairn_engine::freeze_hold_from_env().map_err(anyhow::Error::msg)?,
+            prepass: a.prepass,
         },
     };
     let progress = Arc::new(Progress::default());
@@ -75,6 +80,7 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<u8> {
             "skipped": s.skipped, "warnings": r.warnings, "is_head": r.is_head,
             "segments_fetched": r.global.segments_fetched, "useful_fetches": r.global.useful_fetches,
             "point_in_time": r.consistency.point_in_time, "frozen_seconds": r.consistency.frozen_seconds,
+            "prepass_seconds": r.consistency.prepass_seconds,
             "not_point_in_time_because": r.consistency.fallback,
             "seconds": r.elapsed.as_secs_f64(), "requests": cairn_engine::request_counts(),
         }));
