@@ -336,3 +336,100 @@ fn diff_names_what_was_added_removed_modified_and_touched() {
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("ffffffff"), "{}", stderr(&o));
 }
+
+#[test]
+fn restore_include_restores_exactly_what_was_asked_and_names_an_unknown_path() {
+    let c = Cli::new();
+    c.ok(&["init"]);
+    let src = c.path("src");
+    build_everything_tree(&src, 8);
+    let want = describe(&src);
+    c.ok(&["backup", "--workspace", "w", &src.display().to_string()]);
+
+    // A directory, a file in another, a non-UTF-8 name, a symlink, and a path below an include.
+    let out = c.path("out");
+    let latin1: &[u8] = b"latin1-\xe9t\xe9";
+    let args: Vec<&OsStr> = [
+        &b"restore"[..],
+        b"--workspace",
+        b"w",
+        b"--include",
+        b"a/b",
+        b"--include",
+        b"./many/f001.dat",
+        b"--include",
+        latin1,
+        b"--include",
+        b"link-rel",
+        b"--include",
+        b"a/b/c/d",
+        out.as_os_str().as_bytes(),
+    ]
+    .into_iter()
+    .map(OsStr::from_bytes)
+    .collect();
+    let o = raw(&c, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = describe(&out);
+    let included = |k: &[u8]| {
+        k.starts_with(b"a/b/") || [&b"a/b"[..], b"many/f001.dat", latin1, b"link-rel"].contains(&k)
+    };
+    let expected: BTreeSet<&[u8]> = want
+        .keys()
+        .map(|k| k.as_slice())
+        .filter(|k| included(k) || [&b""[..], b"a", b"many"].contains(k))
+        .collect();
+    assert_eq!(
+        got.keys().map(|k| k.as_slice()).collect::<BTreeSet<_>>(),
+        expected
+    );
+    for (k, seen) in &got {
+        if included(k) {
+            assert_eq!(seen, &want[k], "{}", String::from_utf8_lossy(k));
+        } else {
+            assert_eq!(seen.kind, "dir", "{}", String::from_utf8_lossy(k));
+        }
+    }
+    assert!(
+        !out.join(cairn_engine::RESTORE_MARKER).exists(),
+        "a partial restore claims nothing about its target"
+    );
+
+    // Into a directory with content of its own: the directories on the way stay as they are.
+    let live = c.path("live");
+    write(&live.join("many/keep.txt"), b"mine");
+    std::fs::set_permissions(
+        live.join("many"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .expect("chmod");
+    c.ok(&[
+        "restore",
+        "--workspace",
+        "w",
+        "--include",
+        "many/f001.dat",
+        &live.display().to_string(),
+    ]);
+    let now = describe(&live);
+    assert_eq!(now[&b"many/f001.dat"[..]], want[&b"many/f001.dat"[..]]);
+    assert_eq!(std::fs::read(live.join("many/keep.txt")).expect("kept"), b"mine");
+    assert_eq!(now[&b"many"[..]].mode, 0o700);
+
+    // A path the snapshot does not hold: named, exit 1, nothing created.
+    let never = c.path("never");
+    let o = c.run(&[
+        "restore",
+        "--workspace",
+        "w",
+        "--include",
+        "no/such/file",
+        &never.display().to_string(),
+    ]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("no/such/file"), "{}", stderr(&o));
+    assert!(
+        !never.exists(),
+        "the target was created before the path was checked"
+    );
+}

@@ -291,6 +291,56 @@ async fn the_pre_pass_reads_a_sessions_output_live_and_the_freeze_copies_only_wh
     assert_eq!(checked, 3);
 }
 
+/// Writes a counter through a shared mapping, never a system call: first at offset 0, then at
+/// 8 MiB. Stores to a page already dirty do not stamp the file's times, so only a sync (which
+/// write-protects the pages again) makes the next store visible in its ctime.
+const MMAP_WRITER: &str = r#"
+import mmap, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+os.ftruncate(fd, 8 << 20 | 4096)
+m = mmap.mmap(fd, 8 << 20 | 4096)
+n = 0
+while True:
+    n += 1
+    struct.pack_into("<Q", m, 0, n)
+    struct.pack_into("<Q", m, 8 << 20, n)
+"#;
+
+/// A database that writes through `mmap` (LMDB, SQLite with `mmap_size`, MongoDB's old engine)
+/// changes its files without stamping them on every store: a pre-pass read of such a file is
+/// trusted only if a store after the pre-pass's sync would have stamped it, so the checkpoint
+/// holds the file as it was at the freeze, the first counter never behind the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_through_a_shared_mapping_is_captured_at_the_instant() {
+    let Some(fs) = loop_fs("xfs", 512) else { return };
+    let t = TestRepo::new().await;
+    let _writer = KillOnDrop(
+        Command::new("python3")
+            .arg("-c")
+            .arg(MMAP_WRITER)
+            .arg(fs.path("mapped.db"))
+            .spawn()
+            .expect("spawn the writer"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for round in 0..4 {
+        let r = checkpoint(&t, "mmap", &fs.mount, FreezeMode::Always)
+            .await
+            .expect("checkpoint");
+        assert!(r.consistency.point_in_time, "{:?}", r.consistency);
+        let out = t.scratch(&format!("restored-{round}"));
+        t.restore("mmap", Some(&r.snapshot), &out).await;
+        let copy = std::fs::read(out.join("mapped.db")).expect("restored");
+        let at = |o: usize| u64::from_le_bytes(copy[o..o + 8].try_into().expect("8 bytes"));
+        let (first, second) = (at(0), at(8 << 20));
+        assert!(
+            first >= second && first - second <= 1,
+            "checkpoint {round}: counters {first} and {second}: not one instant"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// A child process killed when the test ends, failed or not.
 struct KillOnDrop(std::process::Child);
 

@@ -97,7 +97,7 @@ pub struct RunArgs {
     pub freeze_deadline: Duration,
     /// Before freezing, read what changed since the last checkpoint live, so the file system stays
     /// frozen only to copy what changed since (false: everything changed is copied frozen).
-    #[arg(long, env = "CAIRN_PREPASS", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "CAIRN_PREPASS", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub prepass: bool,
     /// Time between heartbeats (`heartbeats/<workspace>/<host>` in the store); 0 turns them off.
     #[arg(long, env = "CAIRN_HEARTBEAT_INTERVAL", default_value = "60s", value_parser = cairn_engine::parse_duration_arg)]

@@ -97,9 +97,11 @@ impl FreezeOptions {
         }
         o.hold = hold_from_env()?;
         if let Ok(v) = std::env::var("CAIRN_PREPASS") {
-            o.prepass = v
-                .parse()
-                .map_err(|_| format!("CAIRN_PREPASS: {v:?} is not true or false"))?;
+            o.prepass = match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(format!("CAIRN_PREPASS: {v:?} is not true or false")),
+            };
         }
         Ok(o)
     }

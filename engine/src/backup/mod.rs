@@ -230,7 +230,8 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         source: opts.source.clone(),
         staging: std::sync::RwLock::new(None),
         prepass: std::sync::atomic::AtomicBool::new(false),
-        read_before: Mutex::new(HashMap::new()),
+        prepass_floor: std::sync::atomic::AtomicI64::new(0),
+        fine_stamps: walk::fine_stamps(&source),
     });
 
     let walker = session.clone();
@@ -607,9 +608,12 @@ struct Session {
     /// Whether the walk running now is the live pre-pass before a freeze (`walk.rs`): it reads
     /// what changed but stores no tree.
     prepass: std::sync::atomic::AtomicBool,
-    /// What the pre-pass read, by path: a file whose `lstat` still matches at the instant is
-    /// taken from here instead of being copied while the file system is frozen.
-    read_before: Mutex<HashMap<Vec<u8>, crate::index::StatEntry>>,
+    /// The stamp clock before the pre-pass's `syncfs` (`walk.rs`): what the pre-pass reads is
+    /// trusted as of then, not as of its read.
+    prepass_floor: std::sync::atomic::AtomicI64,
+    /// Whether the file system stamps times in nanoseconds with the local kernel's clock
+    /// (ext4, XFS, btrfs, f2fs, tmpfs): the stat cache's tick-sized margins hold only there.
+    fine_stamps: bool,
 }
 
 /// How a snapshot that reuses a stored pack's blobs locates them.

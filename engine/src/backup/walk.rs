@@ -15,14 +15,14 @@
 //!
 //! Before a capture, a live pre-pass reads what changed since the last checkpoint (an agent
 //! session's output, a first checkpoint's everything) into the pipeline, file by file as in live
-//! mode, and remembers each file it read whole with the `lstat` it had. The frozen walk then
-//! takes a file whose `lstat` is still that one from the pre-pass and copies only what changed
-//! since (a running database's files). That is sound because a read counts as whole only if the
-//! file's ctime is older than the read's start by more than the kernel's timestamp tick
-//! ([`Session::read_file`]): any write from then on gives it a later ctime. On a file system that
-//! stamps whole seconds (a zero nanosecond part) that does not hold, and such a file is trusted
-//! only once it is [`super::RACY_WINDOW_NS`] old. The pre-pass stores no tree, and a file that
-//! changes while it reads it is left to the frozen walk without a second look.
+//! mode, and records each file it read whole in the stat cache. The frozen walk then finds a file
+//! whose `lstat` is still that one in the stat cache, like any unchanged file, and copies only
+//! what changed since (a running database's files). The pre-pass starts with a `syncfs`, and its
+//! reads are trusted as of the clock before it: after a sync every page of a shared mapping is
+//! write-protected, so a store through one stamps the file's ctime again, which a store to a page
+//! already dirty does not ([`Session::remember`] has the rest of the argument). The pre-pass
+//! stores no tree, and a file that changes while it reads it, or was stamped too shortly before,
+//! is left to the frozen walk without a second look.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Seek, SeekFrom};
@@ -50,6 +50,10 @@ use std::sync::Arc;
 /// Margin for the file system's timestamp tick (jiffies: 1-10 ms) when deciding whether a file
 /// was written while it was read.
 const HOT_NS: i128 = 50_000_000;
+/// How much older than the capture of its content (read on the kernel's stamp clock, which needs
+/// no margin for the tick) a file's ctime must be for the stat cache to trust it: room for a clock
+/// adjustment, and less than [`HOT_NS`], so a file read again after its stamp cooled is trusted.
+const TRUST_NS: i128 = 10_000_000;
 /// Directories nested deeper than this are left out with a warning. Walking by descriptors has no
 /// `PATH_MAX` to stop a hostile tree; this bounds the walk's stack and its open descriptors.
 pub const MAX_DEPTH: usize = 400;
@@ -78,6 +82,8 @@ pub(super) enum Walked {
         staged: u32,
         stat: Stat,
         rel: Vec<u8>,
+        /// Its extended attributes were all read (else the stat cache does not vouch for them).
+        whole_meta: bool,
     },
     /// A directory with staged content below it.
     Dir {
@@ -130,7 +136,7 @@ impl Session {
             let staging = Arc::new(Staging {
                 dir: Dir::open(&path).map_err(|e| Error::io(&path, e))?,
                 next: AtomicU32::new(0),
-                instant_ns: now_ns(),
+                instant_ns: stamp_clock_ns(),
             });
             let frozen = match Frozen::freeze(&fs, cache_dir, opts.deadline) {
                 Ok(f) => f,
@@ -188,25 +194,24 @@ impl Session {
     }
 
     /// The live pre-pass before a freeze (see the module docs): reads what changed into the
-    /// pipeline and [`Session::read_before`]; what it counted and warned of is forgotten (the
-    /// frozen walk looks at everything again), what it read stays counted.
+    /// pipeline and the stat cache; what it counted and warned of is forgotten (the frozen walk
+    /// looks at everything again), what it read stays counted.
     fn prepass(&self, root: &Dir) -> Result<f64> {
         let started = std::time::Instant::now();
+        let floor = stamp_clock_ns();
+        root.syncfs().map_err(|e| Error::io(&self.source, e))?;
+        self.prepass_floor.store(floor as i64, Ordering::Relaxed);
         self.prepass.store(true, Ordering::Relaxed);
         let walked = self.root(root);
         self.prepass.store(false, Ordering::Relaxed);
         walked?;
+        let files = self.counters.files_read.load(Ordering::Relaxed);
         self.counters.reset_walk(true);
         self.warnings
             .lock()
             .expect("invariant: lock not poisoned")
             .clear();
         let seconds = started.elapsed().as_secs_f64();
-        let files = self
-            .read_before
-            .lock()
-            .expect("invariant: lock not poisoned")
-            .len();
         tracing::debug!(seconds, files, "pre-pass read what changed");
         Ok(seconds)
     }
@@ -338,6 +343,7 @@ impl Session {
                         staged,
                         stat,
                         rel,
+                        whole_meta,
                     } => {
                         let name = OsString::from(staged.to_string());
                         let io = |e: std::io::Error| Error::io(self.show(&rel), e);
@@ -349,7 +355,13 @@ impl Session {
                         let extents = self.chunk(&mut f, &copy.stat, &rel)?;
                         let _ = staging.dir.remove_file(&name);
                         inc(&self.counters.files_read, 1);
-                        self.remember(&rel, &stat, &extents, &entry.meta, staging.instant_ns)?;
+                        self.remember(
+                            &rel,
+                            &stat,
+                            &extents,
+                            &entry.meta,
+                            whole_meta.then_some(staging.instant_ns),
+                        )?;
                         if let Node::File { extents: e, .. } = &mut entry.node {
                             *e = extents;
                         }
@@ -361,38 +373,55 @@ impl Session {
         self.put_tree(entries)
     }
 
-    /// Records a file's identity and content in the stat cache; `captured_ns` is the clock
-    /// before its content was taken (the read's start, or the freeze's).
+    /// Records a file's identity and content in the stat cache; `captured_ns` is the stamp clock
+    /// ([`stamp_clock_ns`]) before its content was taken (the read's start, the pre-pass's sync,
+    /// or the freeze), `None` if its metadata could not all be read (never trusted then).
     ///
     /// The entry lets a later backup skip reading the file only if any write after the capture
-    /// must have changed its ctime: the ctime is older than the capture by more than the kernel's
-    /// timestamp tick ([`HOT_NS`]), so a later write, stamped with the coarse clock at or after
-    /// the capture, stamps a later one. A whole-second ctime (a zero nanosecond part: a file
-    /// system that stamps seconds) needs [`super::RACY_WINDOW_NS`] instead, counted from the
-    /// backup's start. Otherwise the entry records the last good version only, never trusted to
-    /// skip a read (its ctime is [`StatEntry::UNTRUSTED`]).
+    /// must have changed its ctime: the ctime is older than the capture (by [`TRUST_NS`], for
+    /// clock adjustments), and a later write is stamped with the kernel's coarse clock at or after the
+    /// capture's reading of it, so with a later ctime. That holds where the local kernel stamps
+    /// nanoseconds ([`fine_stamps`]); a whole-second ctime, or a file system stamped by a server
+    /// (NFS, SMB, FUSE), needs [`super::RACY_WINDOW_NS`] from the backup's start instead.
+    /// Otherwise the entry records the last good version only, never trusted to skip a read (its
+    /// ctime is [`StatEntry::UNTRUSTED`]).
     fn remember(
         &self,
         rel: &[u8],
         st: &Stat,
         extents: &[Extent],
         meta: &Meta,
-        captured_ns: i128,
+        captured_ns: Option<i128>,
     ) -> Result<()> {
         let mut entry = StatEntry::of(st, extents.to_vec(), meta.xattrs.clone());
-        if !self.trusted(st, captured_ns) {
+        if !captured_ns.is_some_and(|c| self.trusted(st, c)) {
             entry.ctime_ns = StatEntry::UNTRUSTED;
         }
         self.index.put_stat(&self.workspace, rel, &entry)
     }
 
+    /// How close to a read a stamp makes the read suspect (see [`Session::read_file`]): a tick,
+    /// or a second where stamps are whole seconds or made by another clock.
+    fn margin(&self, st: &Stat) -> i128 {
+        if self.fine(st) {
+            HOT_NS
+        } else {
+            1_000_000_000 + HOT_NS
+        }
+    }
+
+    /// Whether `st` has nanosecond stamps from this kernel (see [`Session::remember`]).
+    fn fine(&self, st: &Stat) -> bool {
+        self.fine_stamps && st.ctime.1 != 0
+    }
+
     /// Whether a file whose content was taken after `captured_ns`, with `st` its `lstat` then, is
     /// known to be unchanged for as long as its `lstat` is (see [`Session::remember`]).
     fn trusted(&self, st: &Stat, captured_ns: i128) -> bool {
-        if st.ctime.1 == 0 {
-            st.ctime_ns() < self.racy_after_ns
+        if self.fine(st) {
+            st.ctime_ns() < captured_ns - TRUST_NS
         } else {
-            st.ctime_ns() < captured_ns - HOT_NS
+            st.ctime_ns() < self.racy_after_ns.min(captured_ns - super::RACY_WINDOW_NS)
         }
     }
 
@@ -610,24 +639,10 @@ impl Session {
             },
             meta,
         };
-        // Read whole by the pre-pass and unchanged since (see the module docs), or unchanged
-        // since a previous backup (the stat cache).
-        let before = if self.in_prepass() {
-            None
-        } else {
-            self.read_before
-                .lock()
-                .expect("invariant: lock not poisoned")
-                .get(rel)
-                .filter(|c| stat_matches(c, st))
-                .cloned()
-        };
-        let cached = match before {
-            Some(c) => Some(c),
-            None => match self.index.stat(&self.workspace, rel)? {
-                Some(c) if stat_matches(&c, st) && self.all_known(&c.extents)? => Some(c),
-                _ => None,
-            },
+        // Unchanged since a previous backup or the pre-pass read it (the stat cache).
+        let cached = match self.index.stat(&self.workspace, rel)? {
+            Some(c) if stat_matches(&c, st) && self.all_known(&c.extents)? => Some(c),
+            _ => None,
         };
         if let Some(c) = cached {
             inc(&self.counters.files, 1);
@@ -669,7 +684,11 @@ impl Session {
         if let Some(staging) = &staging {
             // Frozen: copy the bytes off the file system now, chunk them after the thaw.
             let stat = opened.stat;
-            let mut warn = |w: String| self.warn(w);
+            let mut whole_meta = true;
+            let mut warn = |w: String| {
+                whole_meta = false;
+                self.warn(w)
+            };
             let meta = read_meta(
                 &stat,
                 XattrsOf::Fd(opened.file.as_fd()),
@@ -685,38 +704,37 @@ impl Session {
                 staged,
                 stat,
                 rel: rel.to_vec(),
+                whole_meta,
             }));
         }
         match self.read_file(opened, rel) {
-            Ok(Attempt::Done(extents, md, meta, started)) => {
+            Ok(Attempt::Done(extents, md, meta, captured)) => {
                 inc(&self.counters.files, 1);
                 inc(&self.counters.files_read, 1);
                 inc(&self.counters.bytes, md.size);
-                self.remember(rel, &md, &extents, &meta, started)?;
-                if self.in_prepass() && self.trusted(&md, started) {
-                    self.read_before
-                        .lock()
-                        .expect("invariant: lock not poisoned")
-                        .insert(
-                            rel.to_vec(),
-                            StatEntry::of(&md, extents.clone(), meta.xattrs.clone()),
-                        );
-                }
+                let captured = match captured {
+                    Some(c) if self.in_prepass() => {
+                        Some(c.min(i128::from(self.prepass_floor.load(Ordering::Relaxed))))
+                    }
+                    c => c,
+                };
+                self.remember(rel, &md, &extents, &meta, captured)?;
                 let link_group = (md.nlink > 1).then_some(md.ino);
                 Ok(Step::Done(Walked::Ready(entry(
                     md.size, extents, link_group, meta,
                 ))))
             }
-            // The pre-pass leaves a file that changes while it is read to the frozen walk.
-            Ok(Attempt::Changed(_)) if self.in_prepass() => {
+            // The pre-pass leaves a file that changes while it is read, or was stamped too
+            // shortly before, to the frozen walk.
+            Ok(Attempt::Changed(_) | Attempt::Recent(_)) if self.in_prepass() => {
                 Ok(Step::Changed("written while being read".into()))
             }
             Ok(Attempt::Changed(stamp)) => {
-                wait_past(stamp);
+                wait_past(stamp, self.margin(st));
                 Ok(Step::Changed("written while being read".into()))
             }
             Ok(Attempt::Recent(stamp)) => {
-                wait_past(stamp);
+                wait_past(stamp, self.margin(st));
                 Ok(Step::Recent)
             }
             Err(Error::Io { path, source }) => {
@@ -813,6 +831,7 @@ impl Session {
     /// Reads an opened file: chunks, hashes and stores its data regions, and checks that it did
     /// not change meanwhile.
     fn read_file(&self, opened: OpenedFile, rel: &[u8]) -> Result<Attempt> {
+        let captured = stamp_clock_ns();
         let started = now_ns();
         let OpenedFile {
             file: mut f,
@@ -820,7 +839,11 @@ impl Session {
         } = opened;
         let io = |e: std::io::Error| Error::io(self.show(rel), e);
         let extents = self.chunk_regions(&mut f, &before, rel)?;
-        let mut warn = |w: String| self.warn(w);
+        let mut whole_meta = true;
+        let mut warn = |w: String| {
+            whole_meta = false;
+            self.warn(w)
+        };
         let meta = read_meta(&before, XattrsOf::Fd(f.as_fd()), &self.show(rel), &mut warn);
         let after = fstat(&f).map_err(io)?;
         let Some(extents) = extents else {
@@ -833,18 +856,26 @@ impl Session {
         // times unchanged if the file was already stamped in the current tick. A file whose mtime
         // or ctime falls inside the read (with a margin for the tick) may have been written
         // while it was read: read it again once its clock has moved on.
-        let window = started - HOT_NS..=now_ns() + HOT_NS;
+        // The margin is a second where stamps are whole seconds or made by another clock.
+        let margin = self.margin(&after);
+        let window = started - margin..=now_ns() + margin;
         if window.contains(&after.mtime_ns()) || window.contains(&after.ctime_ns()) {
             return Ok(Attempt::Recent(latest_stamp(&after)));
         }
-        Ok(Attempt::Done(extents, before, meta, started))
+        Ok(Attempt::Done(
+            extents,
+            before,
+            meta,
+            whole_meta.then_some(captured),
+        ))
     }
 }
 
 /// How one attempt at reading a file ended.
 enum Attempt {
-    /// Read whole: its extents, `lstat` and metadata, and the clock when the read started.
-    Done(Vec<Extent>, Stat, Meta, i128),
+    /// Read whole: its extents, `lstat` and metadata, and the stamp clock when the read started
+    /// (`None` if some of its metadata could not be read).
+    Done(Vec<Extent>, Stat, Meta, Option<i128>),
     /// Changed while read; the latest of its mtime and ctime.
     Changed(i128),
     /// Unchanged while read, but stamped within a tick of it (see [`Step::Recent`]); the latest
@@ -852,10 +883,26 @@ enum Attempt {
     Recent(i128),
 }
 
-/// Waits until a file's latest stamp is a tick behind the clock.
-fn wait_past(stamp: i128) {
-    let wait = (stamp + HOT_NS - now_ns()).clamp(0, HOT_NS);
+/// Waits until a file's latest stamp is `margin` behind the clock.
+fn wait_past(stamp: i128, margin: i128) {
+    let wait = (stamp + margin - now_ns()).clamp(0, margin);
     std::thread::sleep(Duration::from_nanos(wait as u64));
+}
+
+/// The clock the kernel stamps file times with (`CLOCK_REALTIME_COARSE`), in nanoseconds: a
+/// stamp made after this reading is at least this.
+pub(super) fn stamp_clock_ns() -> i128 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    crate::meta::ns(t.tv_sec, t.tv_nsec)
+}
+
+/// Whether the file system of `root` is one whose times the local kernel stamps, in nanoseconds
+/// (ext4, XFS, btrfs, f2fs, tmpfs), so the stat cache's tick-sized margins hold.
+pub(super) fn fine_stamps(root: &Dir) -> bool {
+    const LOCAL: [i64; 5] = [0xEF53, 0x5846_5342, 0x9123_683E, 0xF2F5_2010, 0x0102_1994];
+    // `f_type`'s integer type differs between architectures.
+    #[allow(clippy::useless_conversion)]
+    rustix::fs::fstatfs(root.fd()).is_ok_and(|s| LOCAL.contains(&i64::from(s.f_type)))
 }
 
 fn latest_stamp(st: &Stat) -> i128 {

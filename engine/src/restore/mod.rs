@@ -48,7 +48,7 @@ mod finish;
 mod plan;
 
 use fetch::{create_file, fetch, fetch_jobs, Budget, Sink};
-use plan::{plan_full, plan_update, Need, Plan};
+use plan::{plan_full, plan_include, plan_update, resolve_includes, Need, Plan};
 
 /// Where and how to restore.
 #[derive(Clone, Debug)]
@@ -68,6 +68,11 @@ pub struct RestoreOptions {
     /// Seed the local index in this cache directory (blob locations and the stat cache), so the
     /// next backup of the target reads only files changed after the restore.
     pub cache_dir: Option<PathBuf>,
+    /// Restore only these paths of the snapshot (relative, `/`-separated, as [`crate::normalize_path`]
+    /// gives them) and what is below them. Such a restore claims nothing about the target: it
+    /// writes no marker, leaves one that is there (a later backup sees what it wrote as local
+    /// changes), seeds no index, and removes nothing. Empty: the whole snapshot.
+    pub include: Vec<Vec<u8>>,
 }
 
 impl RestoreOptions {
@@ -80,6 +85,7 @@ impl RestoreOptions {
             previous: None,
             exact: false,
             cache_dir: None,
+            include: Vec::new(),
         }
     }
 }
@@ -160,6 +166,11 @@ pub async fn restore_with_trees(
         .workspace
         .clone()
         .unwrap_or_else(|| manifest.workspace.clone());
+    // Every path asked for is in the snapshot, before anything is touched.
+    let includes = resolve_includes(&trees, &manifest.root, &opts.include)?;
+    if !opts.include.is_empty() {
+        return restore_paths(repo, &trees, includes, &target, as_root, progress, started).await;
+    }
     // The one descriptor every access below goes through.
     let root = Arc::new(open_target(&target)?);
     // Anything in the target changed from here on that the restore did not do fails the check
@@ -212,7 +223,6 @@ pub async fn restore_with_trees(
     })
     .await
     .map_err(|e| Error::Invalid(format!("restore planner panicked: {e}")))??;
-    let mut plan = plan;
     phase(started, "planned");
     let mut report = RestoreReport {
         files: plan.files.len() as u64,
@@ -223,99 +233,18 @@ pub async fn restore_with_trees(
         ..RestoreReport::default()
     };
 
-    // Reads start now, while the files are created: the first ones are in flight (and their
-    // latency spent) by the time there is somewhere to write them.
-    let local = std::mem::take(&mut plan.local);
-    let sink = Arc::new(Sink::new(
-        Arc::new(plan),
-        &local,
-        root.clone(),
-        target.clone(),
+    let sink = write_content(
+        repo,
+        &trees,
+        plan,
+        &root,
+        &target,
         as_root,
-    ));
-    let max_read = repo.store().read_size();
-    let budget = Arc::new(Budget::new());
-    let jobs = fetch_jobs(&trees, sink.plan.needs.iter(), max_read)?;
-    let (created_tx, created) = tokio::sync::watch::channel(false);
-    let fetching = tokio::spawn(fetch(
-        repo.clone(),
-        sink.clone(),
-        progress.clone(),
-        budget.clone(),
-        jobs,
-        created,
-    ));
-    let mut fetching = AbortOnDrop(fetching);
-
-    // Create every file at its final size (holes stay holes).
-    let s = sink.clone();
-    let failed = tokio::task::spawn_blocking(move || -> Result<(Vec<plan::LocalNeed>, u64)> {
-        s.plan
-            .files
-            .par_iter()
-            .enumerate()
-            .filter(|(_, f)| f.link_to.is_none())
-            .try_for_each(|(i, _)| create_file(&s, i))?;
-        if local.is_empty() {
-            return Ok((Vec::new(), 0));
-        }
-        // Chunks already on disk: copy, verified, before fetching the rest.
-        let staging = s
-            .root
-            .open_dir(Path::new(STAGING_DIR))
-            .map_err(|e| Error::io(s.target.join(STAGING_DIR), e))?;
-        let copied: Vec<(Vec<plan::LocalNeed>, u64)> = local
-            .into_par_iter()
-            .map(|(src, needs)| fetch::copy_local(&s, &staging, &src, needs))
-            .collect::<Result<_>>()?;
-        let mut failed = Vec::new();
-        let mut reused = 0;
-        for (f, r) in copied {
-            failed.extend(f);
-            reused += r;
-        }
-        Ok((failed, reused))
-    })
-    .await
-    .map_err(|e| Error::Invalid(format!("restore worker panicked: {e}")))??;
-    let (failed, reused) = failed;
-    phase(started, "files created");
-    report.reused = reused;
-    Progress::add(&progress.bytes, reused);
-
-    // Fetch, verify and write content: what the plan needs (already in flight), then what the
-    // staged copies could not supply.
-    let _ = created_tx.send(true);
-    let mut extra: HashMap<PackId, Vec<Need>> = HashMap::new();
-    for n in failed {
-        let loc = trees.locations().get(&n.id)?;
-        extra.entry(loc.pack).or_default().push(Need {
-            entry: loc.entry,
-            file: n.file,
-            offset: n.offset,
-        });
-    }
-    let (mut fetched, mut written) = (&mut fetching.0)
-        .await
-        .map_err(|e| Error::Invalid(format!("restore fetcher panicked: {e}")))??;
-    if !extra.is_empty() {
-        let jobs = fetch_jobs(&trees, extra.iter(), max_read)?;
-        let (_done, created) = tokio::sync::watch::channel(true);
-        let (f, w) = fetch(
-            repo.clone(),
-            sink.clone(),
-            progress.clone(),
-            budget,
-            jobs,
-            created,
-        )
-        .await?;
-        fetched += f;
-        written += w;
-    }
-    report.fetched = fetched;
-    report.bytes = reused + written;
-    phase(started, "content written");
+        &progress,
+        &mut report,
+        started,
+    )
+    .await?;
 
     // Hard links and metadata (deepest directories last), sync, then the check that the target
     // holds what was restored; its start is the instant the volume is in sync from.
@@ -392,6 +321,167 @@ pub async fn restore_with_trees(
         }
     }
     phase(started, "index seeded");
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// Creates the plan's files at their final size, then fetches, verifies and writes their content
+/// (copying what staged files on disk supply first); counts into `report`. Returns the sink, for
+/// the hard links and metadata.
+#[allow(clippy::too_many_arguments)]
+async fn write_content(
+    repo: &Repo,
+    trees: &Arc<SnapshotTrees>,
+    mut plan: Plan,
+    root: &Arc<Dir>,
+    target: &Path,
+    as_root: bool,
+    progress: &Arc<Progress>,
+    report: &mut RestoreReport,
+    started: Instant,
+) -> Result<Arc<Sink>> {
+    // Reads start now, while the files are created: the first ones are in flight (and their
+    // latency spent) by the time there is somewhere to write them.
+    let local = std::mem::take(&mut plan.local);
+    let sink = Arc::new(Sink::new(
+        Arc::new(plan),
+        &local,
+        root.clone(),
+        target.to_path_buf(),
+        as_root,
+    ));
+    let max_read = repo.store().read_size();
+    let budget = Arc::new(Budget::new());
+    let jobs = fetch_jobs(trees, sink.plan.needs.iter(), max_read)?;
+    let (created_tx, created) = tokio::sync::watch::channel(false);
+    let fetching = tokio::spawn(fetch(
+        repo.clone(),
+        sink.clone(),
+        progress.clone(),
+        budget.clone(),
+        jobs,
+        created,
+    ));
+    let mut fetching = AbortOnDrop(fetching);
+
+    // Create every file at its final size (holes stay holes).
+    let s = sink.clone();
+    let failed = tokio::task::spawn_blocking(move || -> Result<(Vec<plan::LocalNeed>, u64)> {
+        s.plan
+            .files
+            .par_iter()
+            .enumerate()
+            .filter(|(_, f)| f.link_to.is_none())
+            .try_for_each(|(i, _)| create_file(&s, i))?;
+        if local.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        // Chunks already on disk: copy, verified, before fetching the rest.
+        let staging = s
+            .root
+            .open_dir(Path::new(STAGING_DIR))
+            .map_err(|e| Error::io(s.target.join(STAGING_DIR), e))?;
+        let copied: Vec<(Vec<plan::LocalNeed>, u64)> = local
+            .into_par_iter()
+            .map(|(src, needs)| fetch::copy_local(&s, &staging, &src, needs))
+            .collect::<Result<_>>()?;
+        let mut failed = Vec::new();
+        let mut reused = 0;
+        for (f, r) in copied {
+            failed.extend(f);
+            reused += r;
+        }
+        Ok((failed, reused))
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("restore worker panicked: {e}")))??;
+    let (failed, reused) = failed;
+    phase(started, "files created");
+    report.reused = reused;
+    Progress::add(&progress.bytes, reused);
+
+    // Fetch, verify and write content: what the plan needs (already in flight), then what the
+    // staged copies could not supply.
+    let _ = created_tx.send(true);
+    let mut extra: HashMap<PackId, Vec<Need>> = HashMap::new();
+    for n in failed {
+        let loc = trees.locations().get(&n.id)?;
+        extra.entry(loc.pack).or_default().push(Need {
+            entry: loc.entry,
+            file: n.file,
+            offset: n.offset,
+        });
+    }
+    let (mut fetched, mut written) = (&mut fetching.0)
+        .await
+        .map_err(|e| Error::Invalid(format!("restore fetcher panicked: {e}")))??;
+    if !extra.is_empty() {
+        let jobs = fetch_jobs(trees, extra.iter(), max_read)?;
+        let (_done, created) = tokio::sync::watch::channel(true);
+        let (f, w) = fetch(
+            repo.clone(),
+            sink.clone(),
+            progress.clone(),
+            budget,
+            jobs,
+            created,
+        )
+        .await?;
+        fetched += f;
+        written += w;
+    }
+    report.fetched = fetched;
+    report.bytes = reused + written;
+    phase(started, "content written");
+    Ok(sink)
+}
+
+/// [`restore_with_trees`] of some paths only ([`RestoreOptions::include`], resolved): no marker,
+/// no index, nothing removed; the entries' own metadata, and the parents' only where they were
+/// created.
+async fn restore_paths(
+    repo: &Repo,
+    trees: &Arc<SnapshotTrees>,
+    includes: Vec<plan::Included>,
+    target: &Path,
+    as_root: bool,
+    progress: Arc<Progress>,
+    started: Instant,
+) -> Result<RestoreReport> {
+    let root = Arc::new(open_target(target)?);
+    let (t, r, t2) = (target.to_path_buf(), root.clone(), trees.clone());
+    let plan = tokio::task::spawn_blocking(move || plan_include(&t2, &r, &t, &includes))
+        .await
+        .map_err(|e| Error::Invalid(format!("restore planner panicked: {e}")))??;
+    progress.total_bytes.store(
+        plan.files.iter().map(|f| f.size).sum(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let mut report = RestoreReport {
+        files: plan.files.len() as u64,
+        dirs: plan.dirs.len() as u64,
+        others: plan.others.len() as u64,
+        ..RestoreReport::default()
+    };
+    let sink = write_content(
+        repo,
+        trees,
+        plan,
+        &root,
+        target,
+        as_root,
+        &progress,
+        &mut report,
+        started,
+    )
+    .await?;
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let done = std::mem::take(&mut *sink.done.lock().expect("invariant: lock not poisoned"));
+        finish::links_and_metadata(&sink.root, &sink.target, &sink.plan, done, as_root)?;
+        sink.root.syncfs().map_err(|e| Error::io(&sink.target, e))
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("restore worker panicked: {e}")))??;
     report.elapsed = started.elapsed();
     Ok(report)
 }

@@ -280,6 +280,105 @@ pub(super) fn plan_full(
     Ok(p.plan)
 }
 
+/// An entry a restore of some paths restores, with the directories on its way from the root.
+pub(super) struct Included {
+    way: Vec<Entry>,
+    entry: Entry,
+}
+
+/// The entries of the snapshot at `includes` (normalized relative paths: components joined by
+/// `/`), in order, each with the directory entries on its way; the includes themselves reduced to
+/// the outermost (an include below another adds nothing).
+///
+/// # Errors
+/// [`Error::Invalid`] naming the first path the snapshot does not hold (or holds below something
+/// that is not a directory); tree read errors.
+pub(super) fn resolve_includes(
+    trees: &SnapshotTrees,
+    root_id: &BlobId,
+    includes: &[Vec<u8>],
+) -> Result<Vec<Included>> {
+    let mut sorted: Vec<&Vec<u8>> = includes.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let mut outer: Vec<&Vec<u8>> = Vec::new();
+    for inc in sorted {
+        let below = outer
+            .iter()
+            .any(|o| o.is_empty() || (inc.starts_with(o) && inc.get(o.len()) == Some(&b'/')));
+        if !below {
+            outer.push(inc);
+        }
+    }
+    let missing = |inc: &[u8], why: &str| {
+        Error::Invalid(format!(
+            "{}: {why} in this snapshot (`initctl ls` shows what it holds)",
+            String::from_utf8_lossy(inc)
+        ))
+    };
+    let mut out = Vec::new();
+    for inc in outer {
+        let mut way = Vec::new();
+        let mut tree = *root_id;
+        let parts: Vec<&[u8]> = inc.split(|b| *b == b'/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let e = trees
+                .tree(&tree)?
+                .entries
+                .into_iter()
+                .find(|e| e.name == *part)
+                .ok_or_else(|| missing(inc, "no such file or directory"))?;
+            if i + 1 == parts.len() {
+                out.push(Included {
+                    way: std::mem::take(&mut way),
+                    entry: e,
+                });
+                break;
+            }
+            match &e.node {
+                Node::Dir { tree: t } => tree = *t,
+                _ => return Err(missing(inc, "a component on the way is not a directory")),
+            }
+            way.push(e);
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the plan of the entries `resolve_includes` found and everything below them. A
+/// directory on the way is created where missing (with the snapshot's metadata) and left as it
+/// is where it exists: restoring one file into a workspace does not touch its parents.
+pub(super) fn plan_include(
+    trees: &SnapshotTrees,
+    root: &Dir,
+    target: &Path,
+    includes: &[Included],
+) -> Result<Plan> {
+    let mut p = Planner::new(trees, root, target, false);
+    let mut made: HashSet<PathBuf> = HashSet::new();
+    for Included { way, entry: e } in includes {
+        let mut rel = PathBuf::new();
+        for d in way {
+            let here = rel.join(OsStr::from_bytes(&d.name));
+            if made.insert(here.clone()) {
+                let io = p.io(&here);
+                let (dir, existed) = p.dir(&rel)?.ensure_dir(OsStr::from_bytes(&d.name)).map_err(io)?;
+                p.open.push((here.clone(), dir));
+                if !existed {
+                    p.plan.dirs.push((here.clone(), d.meta.clone()));
+                }
+            }
+            rel = here;
+        }
+        let here = rel.join(OsStr::from_bytes(&e.name));
+        p.entry(here.clone(), e)?;
+        if let Node::Dir { tree } = &e.node {
+            p.subtree(&here, tree)?;
+        }
+    }
+    Ok(p.plan)
+}
+
 /// Builds the plan that turns a target holding `old_root` (unchanged) into `root_id`: identical
 /// subtrees are skipped without a look; changed entries are removed and re-created, and the files
 /// they replace are staged so their chunks are copied rather than fetched. `None` if the

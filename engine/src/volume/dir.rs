@@ -33,7 +33,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, CWD};
@@ -54,9 +54,11 @@ const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
 /// Whether `openat2` works here (0 unknown, 1 yes, 2 no: an old kernel or a seccomp profile
 /// that refuses it; then paths are walked one `openat` at a time).
 static OPENAT2: AtomicU8 = AtomicU8::new(0);
-/// `/proc/self/fd`, opened once (`None` where `/proc` is not mounted): regular files are reopened
-/// relative to it, which spares each reopen the walk through `/proc` and `self`.
-static PROC_FD: OnceLock<Option<OwnedFd>> = OnceLock::new();
+/// `/proc/self/fd`, opened once: regular files are reopened relative to it, which spares each
+/// reopen the walk through `/proc` and `self`.
+static PROC_FD: OnceLock<OwnedFd> = OnceLock::new();
+/// `/proc` is not mounted here (only `ENOENT` says so; any other error is reported, not cached).
+static NO_PROC: AtomicBool = AtomicBool::new(false);
 
 /// `lstat` of an entry, in the units Cairn uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -693,15 +695,7 @@ pub fn is_mount(e: &io::Error) -> bool {
 /// never makes us wait, `O_NOCTTY` and `O_CLOEXEC`), through `/proc/self/fd` (the same inode,
 /// whatever its name now points to). `None` where `/proc` is not mounted.
 fn reopen(handle: &OwnedFd, flags: OFlags) -> io::Result<Option<OwnedFd>> {
-    let Some(proc_fd) = PROC_FD.get_or_init(|| match rustix::fs::open("/proc/self/fd", DIR, Mode::empty()) {
-        Ok(fd) => Some(fd),
-        Err(e) => {
-            tracing::warn!(
-                "/proc/self/fd cannot be opened ({e}): workspace files are opened with O_NONBLOCK after an O_PATH check"
-            );
-            None
-        }
-    }) else {
+    let Some(proc_fd) = proc_fd()? else {
         return Ok(None);
     };
     Ok(Some(rustix::fs::openat(
@@ -710,4 +704,29 @@ fn reopen(handle: &OwnedFd, flags: OFlags) -> io::Result<Option<OwnedFd>> {
         flags | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
     )?))
+}
+
+/// The descriptor of `/proc/self/fd`, opened on first use; `None` where `/proc` is not mounted.
+fn proc_fd() -> io::Result<Option<BorrowedFd<'static>>> {
+    if let Some(fd) = PROC_FD.get() {
+        return Ok(Some(fd.as_fd()));
+    }
+    if NO_PROC.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    match rustix::fs::open("/proc/self/fd", DIR, Mode::empty()) {
+        Ok(fd) => {
+            // Two first uses at once: one descriptor is kept, the other closed.
+            let _ = PROC_FD.set(fd);
+            Ok(PROC_FD.get().map(|fd| fd.as_fd()))
+        }
+        Err(Errno::NOENT) => {
+            NO_PROC.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                "/proc is not mounted: workspace files are opened with O_NONBLOCK after an O_PATH check"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -35,7 +35,7 @@ pub struct BackupArgs {
     freeze_deadline: std::time::Duration,
     /// Before freezing, read what changed since the last checkpoint live, so the file system stays
     /// frozen only to copy what changed since (false: everything changed is copied frozen).
-    #[arg(long, env = "CAIRN_PREPASS", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "CAIRN_PREPASS", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     prepass: bool,
     /// The directory to back up.
     #[arg(env = "CAIRN_SOURCE")]

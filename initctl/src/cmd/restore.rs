@@ -71,6 +71,12 @@ pub struct RestoreArgs {
     /// This pod's name, as its sidecar writes heartbeats (default: $HOSTNAME, the pod name).
     #[arg(long, env = "CAIRN_HOST")]
     host: Option<String>,
+    /// Restore only this path of the snapshot (and what is below it), relative to its root;
+    /// repeatable. Such a restore writes no completion marker, removes nothing, and leaves the
+    /// target's directories on the way as they are: for getting files back, not for starting a
+    /// workspace.
+    #[arg(long, value_name = "PATH")]
+    include: Vec<std::ffi::OsString>,
     /// The directory to restore into (created if missing).
     #[arg(env = "CAIRN_TARGET")]
     target: PathBuf,
@@ -79,7 +85,7 @@ pub struct RestoreArgs {
 pub async fn run(g: &Global, a: RestoreArgs) -> Result<u8> {
     let started = Instant::now();
     // The first look for a previous pod's heartbeat shares the config read's round trip.
-    let listing = a.snapshot == "latest" && !a.wait_previous.is_zero();
+    let listing = a.snapshot == "latest" && !a.wait_previous.is_zero() && a.include.is_empty();
     let (repo, first_heartbeats) = Repo::open_waiting_and(
         &g.store,
         Some(a.store_wait),
@@ -99,6 +105,9 @@ pub async fn run(g: &Global, a: RestoreArgs) -> Result<u8> {
         },
     )
     .await?;
+    if !a.include.is_empty() {
+        return restore_include(g, &a, &repo, started).await;
+    }
     if a.snapshot != "latest" {
         let (id, manifest) = repo.resolve(&a.workspace, Some(&a.snapshot)).await?;
         let opts = options(g, &a);
@@ -157,6 +166,40 @@ pub async fn run(g: &Global, a: RestoreArgs) -> Result<u8> {
         }
     }
     report(g, &a, started, &out);
+    Ok(exit::OK)
+}
+
+/// `--include`: only those paths of the snapshot (the head by default), into the target; no
+/// reconcile, no marker.
+async fn restore_include(g: &Global, a: &RestoreArgs, repo: &Repo, started: Instant) -> Result<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let include = a
+        .include
+        .iter()
+        .map(|p| cairn_engine::normalize_path(p.as_bytes()))
+        .collect::<cairn_engine::Result<Vec<_>>>()?;
+    let (id, manifest) = repo.resolve(&a.workspace, Some(&a.snapshot)).await?;
+    let mut opts = options(g, a);
+    opts.cache_dir = None;
+    opts.include = include;
+    let mut out = Reconcile {
+        detail: Some(do_restore(g, a, repo, id, &manifest, opts).await?),
+        ..Reconcile::default()
+    };
+    out.set(
+        "restore",
+        format!(
+            "restored {} of snapshot {} of {}",
+            if a.include.len() == 1 {
+                "1 path".to_string()
+            } else {
+                format!("{} paths", a.include.len())
+            },
+            id.short(),
+            a.workspace
+        ),
+    );
+    report(g, a, started, &out);
     Ok(exit::OK)
 }
 
