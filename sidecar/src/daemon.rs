@@ -181,7 +181,8 @@ impl Daemon {
                     .consistency
                     .get_or_create(&crate::metrics::Consistency { mode: mode.into() })
                     .inc();
-                if c.point_in_time {
+                // A checkpoint of an idle workspace found unchanged is point in time unfrozen.
+                if c.freezes > 0 {
                     self.metrics.frozen.observe(c.frozen_seconds);
                 }
                 let v = json!({
@@ -198,6 +199,7 @@ impl Daemon {
                     "point_in_time": c.point_in_time,
                     "frozen_seconds": c.frozen_seconds,
                     "prepass_seconds": c.prepass_seconds,
+                    "freezes": c.freezes,
                     "not_point_in_time_because": c.fallback,
                     "seconds": seconds,
                 });

@@ -129,6 +129,9 @@ pub struct Consistency {
     pub frozen_seconds: f64,
     /// Seconds of the live pre-pass before the freeze (0 without one).
     pub prepass_seconds: f64,
+    /// Whether the file system was frozen: 0 when read live, and for a point-in-time checkpoint
+    /// of an idle workspace that the pre-pass found unchanged since its last one.
+    pub freezes: u32,
     /// Why the volume was read live (no freeze), or why the freeze did not hold.
     pub fallback: Option<String>,
 }

@@ -231,6 +231,7 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         staging: std::sync::RwLock::new(None),
         prepass: std::sync::atomic::AtomicBool::new(false),
         prepass_floor: std::sync::atomic::AtomicI64::new(0),
+        prepass_trees: std::sync::atomic::AtomicBool::new(false),
         fine_stamps: walk::fine_stamps(&source),
     });
 
@@ -611,6 +612,8 @@ struct Session {
     /// The stamp clock before the pre-pass's `syncfs` (`walk.rs`): what the pre-pass reads is
     /// trusted as of then, not as of its read.
     prepass_floor: std::sync::atomic::AtomicI64,
+    /// Whether the pre-pass stores its trees (to see whether an idle workspace is unchanged).
+    prepass_trees: std::sync::atomic::AtomicBool,
     /// Whether the file system stamps times in nanoseconds with the local kernel's clock
     /// (ext4, XFS, btrfs, f2fs, tmpfs): the stat cache's tick-sized margins hold only there.
     fine_stamps: bool,

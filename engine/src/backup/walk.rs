@@ -110,10 +110,20 @@ pub(super) struct Staging {
     pub instant_ns: i128,
 }
 
+/// In the cache directory: the workspace, source path and root tree of the last checkpoint, if it
+/// was point in time and read nothing (see [`Session::capture`]).
+pub const IDLE_HINT: &str = "idle-checkpoint";
+
 impl Session {
     /// Walks the workspace into its root tree: frozen, so at one instant, where `freezable`
     /// allows (see `freeze.rs`), else live. Returns the tree, the root's metadata and how the
     /// instant was fixed.
+    ///
+    /// A workspace whose last checkpoint was point in time and read nothing (an idle one: the
+    /// cache directory's [`IDLE_HINT`] names that checkpoint's root tree) is not frozen if the
+    /// pre-pass finds it unchanged: the pre-pass then builds the trees too, and if the root is
+    /// the same tree, every entry was, when the walk looked at it, as it was at that checkpoint's
+    /// instant, so this snapshot holds the workspace as it was then, a state it really had.
     pub(super) fn capture(
         &self,
         root: &Dir,
@@ -125,12 +135,71 @@ impl Session {
             Ok(fs) => fs,
             Err(why) => return self.live(root, Some(why)),
         };
+        let hint = cache_dir.join(IDLE_HINT);
+        // The hint is this workspace's, at this path: another's tree says nothing of this one's.
+        let key = format!("{}\n{}\n", self.workspace, self.source.display());
+        let idle_root = std::fs::read_to_string(&hint)
+            .ok()
+            .and_then(|s| s.strip_prefix(&key).and_then(|r| r.trim().parse::<BlobId>().ok()))
+            .filter(|_| opts.prepass);
+        let mut prepass_seconds = 0.0;
+        if opts.prepass {
+            let (walked, seconds) = self.prepass(root, idle_root.is_some())?;
+            prepass_seconds = seconds;
+            if let (Some(want), (TreeOf::Done(got), meta)) = (idle_root, walked) {
+                if got == want {
+                    tracing::info!("unchanged since the last point-in-time checkpoint: not frozen");
+                    return Ok((
+                        got,
+                        meta,
+                        Consistency {
+                            point_in_time: true,
+                            prepass_seconds,
+                            ..Consistency::default()
+                        },
+                    ));
+                }
+            }
+            self.counters.reset_walk(true);
+            self.warnings
+                .lock()
+                .expect("invariant: lock not poisoned")
+                .clear();
+        }
+        let (id, meta, c) = self.frozen(root, &fs, opts, cache_dir)?;
+        if c.point_in_time && opts.prepass {
+            // The hint only saves a freeze: failing to write or remove it costs that, no more.
+            if self.counters.files_read.load(Ordering::Relaxed) == 0 {
+                let _ = std::fs::write(&hint, format!("{key}{}\n", id.to_hex()));
+            } else {
+                let _ = std::fs::remove_file(&hint);
+            }
+        }
+        Ok((
+            id,
+            meta,
+            Consistency {
+                prepass_seconds,
+                freezes: u32::from(c.point_in_time),
+                ..c
+            },
+        ))
+    }
+
+    /// One freeze: the frozen walk (copying changed files to staging), the thaw, and the
+    /// chunking of the copies; or the live walk where freezing fails or lapses.
+    fn frozen(
+        &self,
+        root: &Dir,
+        fs: &Freezable,
+        opts: FreezeOptions,
+        cache_dir: &Path,
+    ) -> Result<(BlobId, Meta, Consistency)> {
         let path = cache_dir.join(format!(
             "staging-{}-{:08x}",
             std::process::id(),
             rand::random::<u32>()
         ));
-        let prepass_seconds = if opts.prepass { self.prepass(root)? } else { 0.0 };
         std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         let staged = (|| {
             let staging = Arc::new(Staging {
@@ -138,7 +207,7 @@ impl Session {
                 next: AtomicU32::new(0),
                 instant_ns: stamp_clock_ns(),
             });
-            let frozen = match Frozen::freeze(&fs, cache_dir, opts.deadline) {
+            let frozen = match Frozen::freeze(fs, cache_dir, opts.deadline) {
                 Ok(f) => f,
                 Err(why) if opts.mode == FreezeMode::Always => {
                     return Err(Error::Invalid(format!("{}: {why}", self.source.display())))
@@ -184,36 +253,32 @@ impl Session {
                 Consistency {
                     point_in_time: true,
                     frozen_seconds: held.as_secs_f64(),
-                    prepass_seconds: 0.0,
-                    fallback: None,
+                    ..Consistency::default()
                 },
             ))
         })();
         let _ = std::fs::remove_dir_all(&path);
-        staged.map(|(id, meta, c)| (id, meta, Consistency { prepass_seconds, ..c }))
+        staged
     }
 
     /// The live pre-pass before a freeze (see the module docs): reads what changed into the
-    /// pipeline and the stat cache; what it counted and warned of is forgotten (the frozen walk
-    /// looks at everything again), what it read stays counted.
-    fn prepass(&self, root: &Dir) -> Result<f64> {
+    /// pipeline and the stat cache, and with `trees` stores the trees too (else its tree is a
+    /// placeholder). Returns its walk and seconds; what it counted and warned of is the caller's
+    /// to keep or forget.
+    fn prepass(&self, root: &Dir, trees: bool) -> Result<((TreeOf, Meta), f64)> {
         let started = std::time::Instant::now();
         let floor = stamp_clock_ns();
         root.syncfs().map_err(|e| Error::io(&self.source, e))?;
         self.prepass_floor.store(floor as i64, Ordering::Relaxed);
+        self.prepass_trees.store(trees, Ordering::Relaxed);
         self.prepass.store(true, Ordering::Relaxed);
         let walked = self.root(root);
         self.prepass.store(false, Ordering::Relaxed);
-        walked?;
-        let files = self.counters.files_read.load(Ordering::Relaxed);
-        self.counters.reset_walk(true);
-        self.warnings
-            .lock()
-            .expect("invariant: lock not poisoned")
-            .clear();
+        let walked = walked?;
         let seconds = started.elapsed().as_secs_f64();
+        let files = self.counters.files_read.load(Ordering::Relaxed);
         tracing::debug!(seconds, files, "pre-pass read what changed");
-        Ok(seconds)
+        Ok((walked, seconds))
     }
 
     fn in_prepass(&self) -> bool {
@@ -237,6 +302,7 @@ impl Session {
                 point_in_time: false,
                 frozen_seconds: 0.0,
                 prepass_seconds: 0.0,
+                freezes: 0,
                 fallback: why,
             },
         ))
@@ -296,9 +362,9 @@ impl Session {
                 walked.push(e);
             }
         }
-        if self.in_prepass() {
-            // Only the files it read matter; its trees are never used (the frozen walk makes
-            // the snapshot's), so none is stored.
+        if self.in_prepass() && !self.prepass_trees.load(Ordering::Relaxed) {
+            // Only the files it read matter; its trees are not used (the frozen walk makes the
+            // snapshot's), so none is stored.
             return Ok(TreeOf::Done(BlobId::of(b"")));
         }
         if walked.iter().all(|w| matches!(w, Walked::Ready(_))) {

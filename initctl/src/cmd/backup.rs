@@ -80,7 +80,7 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<u8> {
             "skipped": s.skipped, "warnings": r.warnings, "is_head": r.is_head,
             "segments_fetched": r.global.segments_fetched, "useful_fetches": r.global.useful_fetches,
             "point_in_time": r.consistency.point_in_time, "frozen_seconds": r.consistency.frozen_seconds,
-            "prepass_seconds": r.consistency.prepass_seconds,
+            "prepass_seconds": r.consistency.prepass_seconds, "freezes": r.consistency.freezes,
             "not_point_in_time_because": r.consistency.fallback,
             "seconds": r.elapsed.as_secs_f64(), "requests": cairn_engine::request_counts(),
         }));
