@@ -68,6 +68,9 @@ for fs in xfs ext4; do
     [ "$freeze" = auto ] && what+=", pre-pass $prepass"
     row "$fs" "still corpus, full, $what" "$(backup --freeze "$freeze" --prepass "$prepass" "$mnt")"
     row "$fs" "still corpus, unchanged, $what" "$(backup --freeze "$freeze" --prepass "$prepass" "$mnt")"
+    # The second unchanged one: the last read nothing, so an idle workspace found unchanged is
+    # not frozen (with the pre-pass).
+    row "$fs" "still corpus, unchanged again, $what" "$(backup --freeze "$freeze" --prepass "$prepass" "$mnt")"
   done
 
   # The database, under load beside the agent.
