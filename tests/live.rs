@@ -315,8 +315,9 @@ while True:
 /// stores the mapped file with its first page all zeros (the counter there 0, the one at 8 MiB
 /// not), marked point in time; never seen with `--prepass false` (40 checkpoints) nor with
 /// `initctl backup` and `dump` by hand. Not torn (the first counter is always written first), so
-/// not the missing-`syncfs` hazard this test was written for (which it catches: without the
-/// `syncfs` it fails every run). Run it with `cargo test -p cairn-tests -- --ignored mapping`.
+/// not the missing-`syncfs` hazard this test was written for (without the `syncfs` it failed on
+/// its first run, but whether by a torn read or by this zero page was not looked at). Run it with
+/// `cargo test -p cairn-tests -- --ignored mapping`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "open bug: a zeroed first page about one run in six with the pre-pass (see above)"]
 async fn a_file_written_through_a_shared_mapping_is_captured_at_the_instant() {
