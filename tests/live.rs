@@ -311,15 +311,14 @@ while True:
 /// trusted only if a store after the pre-pass's sync would have stamped it, so the checkpoint
 /// holds the file as it was at the freeze, the first counter never behind the second.
 ///
-/// OPEN BUG, hence ignored: with the pre-pass, about one run in six (one checkpoint in ~24)
-/// stores the mapped file with its first page all zeros (the counter there 0, the one at 8 MiB
-/// not), marked point in time; never seen with `--prepass false` (40 checkpoints) nor with
-/// `initctl backup` and `dump` by hand. Not torn (the first counter is always written first), so
-/// not the missing-`syncfs` hazard this test was written for (without the `syncfs` it failed on
-/// its first run, but whether by a torn read or by this zero page was not looked at). Run it with
-/// `cargo test -p cairn-tests -- --ignored mapping`.
+/// Ignored: the kernel here breaks it, Cairn cannot. About one run in six (more under load) stores
+/// the mapped file with one page all zeros, marked point in time, because `read()` of the frozen
+/// file already returns zeros there. `tests/repro/mmap_zero_page.py` shows the same without
+/// Cairn: a plain `sync()` then `read()` beside an mmap writer returns a zero page in a few reads
+/// of a hundred, frozen or not, on XFS and ext4 (loop devices and the root disk, 6.18.44). Run
+/// this test with `cargo test -p cairn-tests -- --ignored mapping` on a kernel without that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open bug: a zeroed first page about one run in six with the pre-pass (see above)"]
+#[ignore = "the kernel's read() returns zero pages beside an mmap writer: tests/repro/mmap_zero_page.py"]
 async fn a_file_written_through_a_shared_mapping_is_captured_at_the_instant() {
     let Some(fs) = loop_fs("xfs", 512) else { return };
     let t = TestRepo::new().await;
