@@ -21,8 +21,9 @@
 //! reads are trusted as of the clock before it: after a sync every page of a shared mapping is
 //! write-protected, so a store through one stamps the file's ctime again, which a store to a page
 //! already dirty does not ([`Session::remember`] has the rest of the argument). The pre-pass
-//! stores no tree, and a file that changes while it reads it, or was stamped too shortly before,
-//! is left to the frozen walk without a second look.
+//! stores no tree (but for an idle workspace, see [`Session::capture`]), and a file that changes
+//! while it reads it, or was stamped too shortly before, is left to the frozen walk without a
+//! second look.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Seek, SeekFrom};
@@ -750,17 +751,7 @@ impl Session {
         if let Some(staging) = &staging {
             // Frozen: copy the bytes off the file system now, chunk them after the thaw.
             let stat = opened.stat;
-            let mut whole_meta = true;
-            let mut warn = |w: String| {
-                whole_meta = false;
-                self.warn(w)
-            };
-            let meta = read_meta(
-                &stat,
-                XattrsOf::Fd(opened.file.as_fd()),
-                &self.show(rel),
-                &mut warn,
-            );
+            let (meta, whole_meta) = self.meta_of(&stat, opened.file.as_fd(), rel);
             let staged = self.stage(staging, opened, rel)?;
             inc(&self.counters.files, 1);
             inc(&self.counters.bytes, stat.size);
@@ -894,6 +885,18 @@ impl Session {
         Ok(Some(extents))
     }
 
+    /// The metadata of the open file `fd` (`st` its `fstat`), and whether all its extended
+    /// attributes could be read (a warning says which could not).
+    fn meta_of(&self, st: &Stat, fd: std::os::fd::BorrowedFd<'_>, rel: &[u8]) -> (Meta, bool) {
+        let mut whole = true;
+        let mut warn = |w: String| {
+            whole = false;
+            self.warn(w)
+        };
+        let meta = read_meta(st, XattrsOf::Fd(fd), &self.show(rel), &mut warn);
+        (meta, whole)
+    }
+
     /// Reads an opened file: chunks, hashes and stores its data regions, and checks that it did
     /// not change meanwhile.
     fn read_file(&self, opened: OpenedFile, rel: &[u8]) -> Result<Attempt> {
@@ -905,12 +908,7 @@ impl Session {
         } = opened;
         let io = |e: std::io::Error| Error::io(self.show(rel), e);
         let extents = self.chunk_regions(&mut f, &before, rel)?;
-        let mut whole_meta = true;
-        let mut warn = |w: String| {
-            whole_meta = false;
-            self.warn(w)
-        };
-        let meta = read_meta(&before, XattrsOf::Fd(f.as_fd()), &self.show(rel), &mut warn);
+        let (meta, whole_meta) = self.meta_of(&before, f.as_fd(), rel);
         let after = fstat(&f).map_err(io)?;
         let Some(extents) = extents else {
             return Ok(Attempt::Changed(latest_stamp(&after)));
