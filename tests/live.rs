@@ -291,25 +291,11 @@ async fn the_pre_pass_reads_a_sessions_output_live_and_the_freeze_copies_only_wh
     assert_eq!(checked, 3);
 }
 
-/// Writes a counter through a shared mapping, never a system call: first at offset 0, then at
-/// 8 MiB. Stores to a page already dirty do not stamp the file's times, so only a sync (which
-/// write-protects the pages again) makes the next store visible in its ctime.
-const MMAP_WRITER: &str = r#"
-import mmap, os, struct, sys
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
-os.ftruncate(fd, 8 << 20 | 4096)
-m = mmap.mmap(fd, 8 << 20 | 4096)
-n = 0
-while True:
-    n += 1
-    struct.pack_into("<Q", m, 0, n)
-    struct.pack_into("<Q", m, 8 << 20, n)
-"#;
-
 /// A database that writes through `mmap` (LMDB, SQLite with `mmap_size`, MongoDB's old engine)
 /// changes its files without stamping them on every store: a pre-pass read of such a file is
 /// trusted only if a store after the pre-pass's sync would have stamped it, so the checkpoint
-/// holds the file as it was at the freeze, the first counter never behind the second.
+/// holds the file as it was at the freeze, the first counter never behind the second (the
+/// writer is `tests/repro/mmap_writer.py`).
 ///
 /// Ignored: the kernel here breaks it, Cairn cannot. About one run in six (more under load) stores
 /// the mapped file with one page all zeros, marked point in time, because `read()` of the frozen
@@ -324,8 +310,7 @@ async fn a_file_written_through_a_shared_mapping_is_captured_at_the_instant() {
     let t = TestRepo::new().await;
     let _writer = KillOnDrop(
         Command::new("python3")
-            .arg("-c")
-            .arg(MMAP_WRITER)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/repro/mmap_writer.py"))
             .arg(fs.path("mapped.db"))
             .spawn()
             .expect("spawn the writer"),

@@ -20,17 +20,9 @@ d = sys.argv[1]
 rounds = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2].isdigit() else 300
 freeze = "--freeze" in sys.argv
 path = os.path.join(d, "mapped.db")
-writer = subprocess.Popen([sys.executable, "-c", r'''
-import mmap, os, struct, sys
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
-os.ftruncate(fd, 8 << 20 | 4096)
-m = mmap.mmap(fd, 8 << 20 | 4096)
-n = 0
-while True:
-    n += 1
-    struct.pack_into("<Q", m, 0, n)
-    struct.pack_into("<Q", m, 8 << 20, n)
-''', path])
+writer = subprocess.Popen(
+    [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "mmap_writer.py"), path]
+)
 load = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(2)]
 try:
     time.sleep(0.5)
