@@ -16,6 +16,11 @@ cargo build --release -q -p cairn-tests --bin cairn-test-helper
 corpus=$("$target_dir/release/cairn-test-helper" corpus)
 
 py=${CAIRN_PY_VENV:-$HOME/.cache/cairn-py}/bin/python
+
+# Repositories are encrypted (the default): one key file for every bench repository. A binary from
+# before encryption (an A/B baseline) ignores the variable and makes a plaintext one.
+export CAIRN_KEY_FILE=${CAIRN_KEY_FILE:-$(mktemp "${TMPDIR:-/tmp}/cairn-bench-key.XXXXXX")}
+[ -s "$CAIRN_KEY_FILE" ] || head -c 32 /dev/urandom >"$CAIRN_KEY_FILE"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # bench_dirs NAME: sets `work` (a temp dir) and `shm` (one on tmpfs), and on exit kills the

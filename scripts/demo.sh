@@ -18,8 +18,12 @@ else
   mkdir -p "$src" && git archive HEAD | tar -x -C "$src"
 fi
 export CAIRN_STORE=$work/store CAIRN_CACHE_DIR=$work/cache CAIRN_WORKSPACE=demo
+# The repository is encrypted; its key file is 32 random bytes (in a pod: a mounted Secret).
+head -c 32 /dev/urandom >"$work/cairn.key"
+export CAIRN_KEY_FILE=$work/cairn.key
 set -x
 "$bin" init
+"$bin" key list
 "$bin" backup "$src"
 "$bin" backup "$src"
 "$bin" snapshots

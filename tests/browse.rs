@@ -23,7 +23,7 @@ fn entry_path(v: &serde_json::Value) -> Vec<u8> {
 
 /// `initctl` with raw (possibly non-UTF-8) arguments and the repository's environment.
 fn raw(c: &Cli, args: &[&OsStr]) -> std::process::Output {
-    Command::new(initctl_path())
+    cairn_command("initctl")
         .args(args)
         .env("CAIRN_STORE", c.store())
         .env("CAIRN_CACHE_DIR", c.cache())

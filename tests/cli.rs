@@ -227,6 +227,7 @@ fn unreadable_source_file_exits_3_and_names_it() {
             .arg(&bin)
             .args(["backup", "--workspace", "w", &src_s])
             .env("CAIRN_STORE", c.store())
+            .env("CAIRN_KEY_FILE", test_key())
             .env("CAIRN_CACHE_DIR", c.path("nobody-cache"))
             .env("HOME", c.dir.path())
             .output()
@@ -269,6 +270,7 @@ fn full_disk_at_the_target_fails_without_a_marker() {
     let o = std::process::Command::new("unshare")
         .args([unshare_flags, "sh", "-c", &script])
         .env("CAIRN_STORE", c.store())
+        .env("CAIRN_KEY_FILE", test_key())
         .env("CAIRN_CACHE_DIR", c.cache())
         .output()
         .expect("unshare");

@@ -379,7 +379,7 @@ fn initctl_works_on_s3_urls_with_faults_injected() {
 /// The corpus workspace backed up to `store` and restored bit for bit, after one agent session.
 async fn corpus_through(store: Arc<dyn Store>, what: &str) {
     let pristine = cairn_tests::prepared::corpus_workspace();
-    let t = TestRepo::on_store(store, InitOptions::default()).await;
+    let t = TestRepo::on_store(store, default_params()).await;
     let ws = t.scratch("ws");
     copy_tree(&pristine, &ws);
     let s1 = t.backup("agent", &ws).await;

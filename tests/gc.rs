@@ -156,7 +156,9 @@ async fn a_backup_that_deduplicated_before_the_condemnation_resurrects_what_it_u
             ..FaultPlan::default()
         },
     ));
-    let slow = Repo::open(slow_store).await.expect("open");
+    let slow = Repo::open_with(slow_store, &crate::support::keys())
+        .await
+        .expect("open");
     let bopts = BackupOptions {
         max_session: Duration::from_secs(4), // under the window, with room for a loaded machine
         dedup_fetches: cairn_engine::dedup_fetches_from_env(),
@@ -502,7 +504,9 @@ async fn all_restore_after_repack(
     src: &Path,
     (file, seed): (&str, u64),
 ) -> BackupReport {
-    let fresh = Repo::open(t.repo.store().clone()).await.expect("open");
+    let fresh = Repo::open_with(t.repo.store().clone(), &crate::support::keys())
+        .await
+        .expect("open");
     for (i, (ws, id, want)) in cases.iter().enumerate() {
         let out = t.scratch(&format!("out-{ws}-{i}"));
         restore_from(&fresh, ws, Some(id), &out).await.expect("restore");
@@ -596,7 +600,9 @@ async fn a_repacked_pack_without_its_move_fails_restore_and_check_by_name() {
         .find(|p| p.to_string_lossy().contains("moves-"))
         .expect("a move table");
     std::fs::remove_file(&table).expect("rm");
-    let fresh = Repo::open(t.repo.store().clone()).await.expect("open");
+    let fresh = Repo::open_with(t.repo.store().clone(), &crate::support::keys())
+        .await
+        .expect("open");
     let out = t.scratch("out");
     let err = restore_from(&fresh, "w", None, &out)
         .await
@@ -649,7 +655,9 @@ async fn mostly_empty_packs_are_rewritten_a_window_later_keeping_what_late_backu
             ..FaultPlan::default()
         },
     ));
-    let slow = Repo::open(slow_store).await.expect("open");
+    let slow = Repo::open_with(slow_store, &crate::support::keys())
+        .await
+        .expect("open");
     let bopts = BackupOptions {
         max_session: Duration::from_secs(4), // under the window, with room for a loaded machine
         dedup_fetches: 0,

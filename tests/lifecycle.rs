@@ -70,7 +70,7 @@ impl Pod {
     /// [`Pod::start`] with more environment variables for the daemon.
     fn start_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         self.port = free_port();
-        let mut cmd = Command::new(bin_path("sidecar"));
+        let mut cmd = cairn_command("sidecar");
         cmd.arg("run")
             .arg("--source")
             .arg(self.ws())
@@ -99,7 +99,7 @@ impl Pod {
     }
 
     fn flush(&self) -> Output {
-        Command::new(bin_path("sidecar"))
+        cairn_command("sidecar")
             .arg("flush")
             .arg("--control-socket")
             .arg(self.socket())
@@ -344,7 +344,7 @@ fn interval_checkpoints_run_on_their_own_and_a_failing_hook_fails_one() {
 #[test]
 fn hooks_get_no_store_credentials_and_are_killed_with_their_children_past_their_timeout() {
     // A credential name in --hook-env is refused before anything runs.
-    let o = Command::new(bin_path("sidecar"))
+    let o = cairn_command("sidecar")
         .args(["run", "--hook-env", "PGPASSWORD,AWS_SECRET_ACCESS_KEY"])
         .args([
             "--store",
@@ -453,7 +453,7 @@ fn sigkill_mid_backup_leaves_the_previous_snapshot_latest_and_the_next_backup_wo
     write(&ws.join("big.bin"), &random_bytes(77, 24 << 20));
 
     // Every store request takes 150 ms, so the kill lands long before the head could move.
-    let mut cmd = Command::new(initctl_path());
+    let mut cmd = cairn_command("initctl");
     cmd.arg("backup").arg(&ws).env("CAIRN_FAULTS", "latency=150ms");
     cmd.envs(pod.env());
     let child = cmd
@@ -497,7 +497,7 @@ fn sigkill_mid_backup_leaves_the_previous_snapshot_latest_and_the_next_backup_wo
 
 #[test]
 fn flush_without_a_daemon_and_a_sidecar_without_a_repository_fail_clearly() {
-    let o = Command::new(bin_path("sidecar"))
+    let o = cairn_command("sidecar")
         .args(["flush", "--control-socket", "/nonexistent/cairn.sock"])
         .output()
         .expect("flush");
@@ -509,7 +509,7 @@ fn flush_without_a_daemon_and_a_sidecar_without_a_repository_fail_clearly() {
     );
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let o = Command::new(bin_path("sidecar"))
+    let o = cairn_command("sidecar")
         .args([
             "run",
             "--workspace",
@@ -541,7 +541,7 @@ impl Sidecar {
     fn start(pod: &Pod, host: &str, source: &Path) -> Sidecar {
         let port = free_port();
         let socket = pod.path(&format!("{host}.sock"));
-        let mut cmd = Command::new(bin_path("sidecar"));
+        let mut cmd = cairn_command("sidecar");
         cmd.arg("run")
             .arg("--source")
             .arg(source)
@@ -571,7 +571,7 @@ impl Sidecar {
     }
 
     fn flush(&self) -> serde_json::Value {
-        let o = Command::new(bin_path("sidecar"))
+        let o = cairn_command("sidecar")
             .arg("flush")
             .arg("--control-socket")
             .arg(&self.socket)
@@ -725,7 +725,7 @@ fn an_interrupted_restore_is_finished_by_the_next_run() {
     let pod = Pod::new();
     pod.backup_ws();
     let vol = pod.path("vol");
-    let mut cmd = Command::new(bin_path("initctl"));
+    let mut cmd = cairn_command("initctl");
     cmd.args(["restore", vol.to_str().expect("utf-8")])
         .envs(pod.env())
         .env("CAIRN_FAULTS", "latency=150ms")
@@ -770,7 +770,7 @@ fn a_new_pod_waits_for_the_previous_pods_final_snapshot_then_starts_degraded_if_
 
     // The replacement pod starts while the old one is still terminating.
     let new = pod.path("new");
-    let mut cmd = Command::new(bin_path("initctl"));
+    let mut cmd = cairn_command("initctl");
     cmd.args(["restore", "--json", "--host", "pod-b", "--wait-previous", "30s"])
         .arg(&new)
         .envs(pod.env())

@@ -331,7 +331,7 @@ async fn a_file_written_through_a_shared_mapping_is_captured_at_the_instant() {
                 .await
                 .expect("view");
             let e = view.entry(b"mapped.db").await.expect("entry");
-            let zero = cairn_engine::formats::BlobId::of(&[0u8; 4096]);
+            let zero = t.repo.crypt().blob_id(&[0u8; 4096]);
             eprintln!(
                 "live: mapped.db in the snapshot: {:?}; a zero page is {zero:?}",
                 e.node
@@ -510,7 +510,7 @@ async fn a_volume_that_is_not_a_file_system_of_its_own_is_read_live_and_says_why
 /// freeze guard), frozen for `hold` at each checkpoint.
 fn sidecar(t: &TestRepo, fs: &LoopFs, hold: &str) -> std::process::Child {
     use std::os::unix::process::CommandExt;
-    Command::new(bin_path("sidecar"))
+    cairn_command("sidecar")
         .args([
             "run",
             "--interval",
@@ -538,7 +538,7 @@ fn sidecar(t: &TestRepo, fs: &LoopFs, hold: &str) -> std::process::Child {
 }
 
 fn flush_in_background(t: &TestRepo) -> std::process::Child {
-    Command::new(bin_path("sidecar"))
+    cairn_command("sidecar")
         .arg("flush")
         .arg("--control-socket")
         .arg(t.scratch("control.sock"))
@@ -641,7 +641,7 @@ async fn a_sidecar_killed_while_frozen_is_thawed_by_its_guard_or_by_its_next_sta
     // group of its own, deaf to it) sees the pipe close and thaws.
     {
         use std::os::unix::process::CommandExt;
-        let mut b = Command::new(initctl_path())
+        let mut b = cairn_command("initctl")
             .arg("backup")
             .arg(&fs.mount)
             .env("CAIRN_STORE", t.store_dir())
@@ -670,7 +670,7 @@ async fn a_sidecar_killed_while_frozen_is_thawed_by_its_guard_or_by_its_next_sta
 
     // After all that, a checkpoint seals a snapshot that restores what the agent wrote.
     write(&fs.path("more.txt"), b"after the thaw");
-    let o = Command::new(bin_path("sidecar"))
+    let o = cairn_command("sidecar")
         .arg("flush")
         .arg("--control-socket")
         .arg(t.scratch("control.sock"))

@@ -1,6 +1,6 @@
 //! Invariant 8: no entry of a snapshot, however crafted, writes outside the restore target.
 
-use cairn_engine::formats::{BlobId, Entry, Extent, Meta, Node, Tree};
+use cairn_engine::formats::{Entry, Extent, Meta, Node, Tree};
 use cairn_engine::Error;
 use craft::{put_packs, put_snapshot};
 
@@ -19,10 +19,10 @@ mod craft {
     pub async fn put_snapshot(repo: &Repo, ws: &str, root: BlobId, blobs: Vec<(PackKind, Vec<u8>)>) {
         let mut packs = Vec::new();
         for kind in [PackKind::Data, PackKind::Meta] {
-            let mut b = PackBuilder::new(kind, 1 << 20);
+            let mut b = PackBuilder::new(repo.crypt(), kind, 1 << 20);
             for (k, raw) in &blobs {
                 if *k == kind {
-                    b.add(&encode_blob(BlobId::of(raw), raw, 0));
+                    b.add(&encode_blob(repo.crypt(), repo.crypt().blob_id(raw), raw, 0));
                 }
             }
             if !b.is_empty() {
@@ -48,7 +48,9 @@ mod craft {
                 blobs: p.entries,
             });
         }
-        let rec = IndexRecord { packs: listed }.encode();
+        let rec = repo
+            .crypt()
+            .seal("index/records/", IndexRecord { packs: listed }.encode());
         let rec_id = IndexId::of(&rec);
         repo.store()
             .put(&index_key(&rec_id), rec.into(), PutMode::Create)
@@ -71,6 +73,7 @@ mod craft {
             tags: vec![],
         }
         .encode();
+        let m = repo.crypt().seal(&format!("snapshots/{ws}/"), m);
         let id = SnapshotId::of(&m);
         repo.store()
             .put(&snapshot_key(ws, &id), m.into(), PutMode::Create)
@@ -81,6 +84,7 @@ mod craft {
             time: Timestamp::now(),
         }
         .encode();
+        let head = repo.crypt().seal(&head_key(ws), head);
         repo.store()
             .put(&head_key(ws), head.into(), PutMode::Create)
             .await
@@ -88,13 +92,13 @@ mod craft {
     }
 }
 
-fn file_entry(name: &[u8], content: &[u8]) -> Entry {
+fn file_entry(crypt: &cairn_engine::Crypt, name: &[u8], content: &[u8]) -> Entry {
     Entry {
         name: name.to_vec(),
         node: Node::File {
             size: content.len() as u64,
             extents: vec![Extent::Chunk {
-                id: BlobId::of(content),
+                id: crypt.blob_id(content),
                 len: content.len() as u32,
             }],
             link_group: None,
@@ -129,12 +133,12 @@ async fn dot_dot_and_absolute_names_are_refused() {
     .enumerate()
     {
         let content = b"pwned".to_vec();
-        let tree = raw_tree(vec![file_entry(name, &content)]);
+        let tree = raw_tree(vec![file_entry(t.repo.crypt(), name, &content)]);
         let ws = format!("evil{i}");
         put_snapshot(
             &t.repo,
             &ws,
-            BlobId::of(&tree),
+            t.repo.crypt().blob_id(&tree),
             vec![(Data, content), (MetaPack, tree)],
         )
         .await;
@@ -161,7 +165,7 @@ async fn duplicate_names_cannot_smuggle_a_symlink_before_a_directory() {
     let outside = t.scratch("outside");
     std::fs::create_dir_all(&outside).expect("mkdir");
     let content = b"through the link".to_vec();
-    let sub = raw_tree(vec![file_entry(b"x", &content)]);
+    let sub = raw_tree(vec![file_entry(t.repo.crypt(), b"x", &content)]);
     let root = raw_tree(vec![
         Entry {
             name: b"s".to_vec(),
@@ -173,7 +177,7 @@ async fn duplicate_names_cannot_smuggle_a_symlink_before_a_directory() {
         Entry {
             name: b"s".to_vec(),
             node: Node::Dir {
-                tree: BlobId::of(&sub),
+                tree: t.repo.crypt().blob_id(&sub),
             },
             meta: Meta::default(),
         },
@@ -181,7 +185,7 @@ async fn duplicate_names_cannot_smuggle_a_symlink_before_a_directory() {
     put_snapshot(
         &t.repo,
         "evil",
-        BlobId::of(&root),
+        t.repo.crypt().blob_id(&root),
         vec![(Data, content), (MetaPack, sub), (MetaPack, root)],
     )
     .await;
@@ -249,22 +253,32 @@ async fn chunk_that_does_not_match_its_id_is_never_written() {
     // A tree claims content X for a file, but the blob stored under X's id holds other bytes.
     let t = TestRepo::new().await;
     let claimed = b"what the tree promises".to_vec();
-    let entry = file_entry(b"f", &claimed);
+    let entry = file_entry(t.repo.crypt(), b"f", &claimed);
     let tree = raw_tree(vec![entry]);
     // A pack whose entry id is the claimed id but whose bytes differ.
     use cairn_engine::formats::PackKind;
     use cairn_engine::{encode_blob, PackBuilder};
-    let mut data = PackBuilder::new(PackKind::Data, 1 << 16);
-    let mut lie = encode_blob(BlobId::of(&claimed), b"something else entirely", 0);
+    let mut data = PackBuilder::new(t.repo.crypt(), PackKind::Data, 1 << 16);
+    let mut lie = encode_blob(
+        t.repo.crypt(),
+        t.repo.crypt().blob_id(&claimed),
+        b"something else entirely",
+        0,
+    );
     lie.raw_len = claimed.len() as u32;
     lie.data.resize(claimed.len(), b'!');
     data.add(&lie);
-    let mut meta = PackBuilder::new(PackKind::Meta, 1 << 16);
-    meta.add(&encode_blob(BlobId::of(&tree), &tree, 0));
+    let mut meta = PackBuilder::new(t.repo.crypt(), PackKind::Meta, 1 << 16);
+    meta.add(&encode_blob(
+        t.repo.crypt(),
+        t.repo.crypt().blob_id(&tree),
+        &tree,
+        0,
+    ));
     put_packs(
         &t.repo,
         "lie",
-        BlobId::of(&tree),
+        t.repo.crypt().blob_id(&tree),
         vec![data.finish(), meta.finish()],
     )
     .await;

@@ -5,7 +5,7 @@
 //! `-- --baseline NAME`).
 
 use cairn_engine::formats::{BlobId, ChunkerParams, PackKind};
-use cairn_engine::{chunk_slice, encode_blob, PackBuilder};
+use cairn_engine::{chunk_slice, encode_blob, Crypt, PackBuilder};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::{RngCore, SeedableRng};
 
@@ -32,23 +32,36 @@ fn text(len: usize) -> Vec<u8> {
     out
 }
 
+/// The crypt of an encrypted repository with a fresh random key.
+fn sealed() -> Crypt {
+    Crypt::sealed(cairn_engine::formats::RepoKeys::derive(
+        &cairn_engine::formats::RootKey::generate(),
+        cairn_engine::formats::RepoId([3; 16]),
+    ))
+}
+
 fn chunking(c: &mut Criterion) {
     let data = random(64 * MIB);
     let mut g = c.benchmark_group("chunk");
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(10);
-    g.bench_function("fastcdc_256k_1m_4m", |b| {
-        let p = ChunkerParams::default();
-        b.iter(|| {
-            let mut n = 0usize;
-            chunk_slice::<()>(&p, &data, |c| {
-                n += c.len();
-                Ok(())
+    for (name, seed) in [
+        ("fastcdc_256k_1m_4m", 0),
+        ("fastcdc_256k_1m_4m_keyed", 0x9e37_79b9_7f4a_7c15),
+    ] {
+        g.bench_function(name, |b| {
+            let p = ChunkerParams::default();
+            b.iter(|| {
+                let mut n = 0usize;
+                chunk_slice::<()>(&p, seed, &data, |c| {
+                    n += c.len();
+                    Ok(())
+                })
+                .expect("no sink error");
+                black_box(n)
             })
-            .expect("no sink error");
-            black_box(n)
-        })
-    });
+        });
+    }
     g.finish();
 }
 
@@ -60,6 +73,10 @@ fn hashing(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("blake3", size), &data, |b, d| {
             b.iter(|| BlobId::of(black_box(d)))
         });
+        let sealed = sealed();
+        g.bench_with_input(BenchmarkId::new("blake3_keyed", size), &data, |b, d| {
+            b.iter(|| sealed.blob_id(black_box(d)))
+        });
     }
     g.finish();
 }
@@ -67,18 +84,25 @@ fn hashing(c: &mut Criterion) {
 fn compression(c: &mut Criterion) {
     let mut g = c.benchmark_group("compress");
     g.sample_size(20);
-    for (name, data) in [("text", text(MIB)), ("random", random(MIB))] {
-        let id = BlobId::of(&data);
-        g.throughput(Throughput::Bytes(data.len() as u64));
-        g.bench_with_input(BenchmarkId::new("zstd3", name), &data, |b, d| {
-            b.iter(|| encode_blob(id, black_box(d), 3))
-        });
-        let enc = encode_blob(id, &data, 3);
-        g.bench_with_input(BenchmarkId::new("decode_verify", name), &enc, |b, e| {
-            b.iter(|| {
-                cairn_engine::decode_blob(|| "bench".into(), &id, &e.data, e.raw_len, e.codec).expect("valid")
-            })
-        });
+    for (crypt, suffix) in [(Crypt::plain(), ""), (sealed(), "_sealed")] {
+        for (name, data) in [("text", text(MIB)), ("random", random(MIB))] {
+            let id = crypt.blob_id(&data);
+            g.throughput(Throughput::Bytes(data.len() as u64));
+            g.bench_with_input(BenchmarkId::new(format!("zstd3{suffix}"), name), &data, |b, d| {
+                b.iter(|| encode_blob(&crypt, id, black_box(d), 3))
+            });
+            let enc = encode_blob(&crypt, id, &data, 3);
+            g.bench_with_input(
+                BenchmarkId::new(format!("decode_verify{suffix}"), name),
+                &enc,
+                |b, e| {
+                    b.iter(|| {
+                        cairn_engine::decode_blob(&crypt, || "bench".into(), &id, &e.data, e.raw_len, e.codec)
+                            .expect("valid")
+                    })
+                },
+            );
+        }
     }
     g.finish();
 }
@@ -88,7 +112,7 @@ fn packing(c: &mut Criterion) {
         .map(|i| {
             let mut d = text(256 << 10);
             d[..8].copy_from_slice(&i.to_le_bytes());
-            encode_blob(BlobId::of(&d), &d, 3)
+            encode_blob(&Crypt::plain(), BlobId::of(&d), &d, 3)
         })
         .collect();
     let total: usize = blobs.iter().map(|b| b.data.len()).sum();
@@ -96,7 +120,7 @@ fn packing(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(total as u64));
     g.bench_function("build_and_seal_16m", |b| {
         b.iter(|| {
-            let mut p = PackBuilder::new(PackKind::Data, 16 * MIB);
+            let mut p = PackBuilder::new(&Crypt::plain(), PackKind::Data, 16 * MIB);
             for blob in &blobs {
                 p.add(blob);
             }

@@ -166,6 +166,7 @@ impl<'r> SnapshotView<'r> {
             .await?;
         let key = cairn_formats::pack_key(loc.kind, &loc.pack);
         let raw = decode_blob(
+            self.repo.crypt(),
             || format!("blob {} in {key}", id.short()),
             id,
             &stored,
@@ -298,6 +299,7 @@ impl<'r> SnapshotView<'r> {
                             detail: format!("short read for blob {}", id.short()),
                         })?;
                         let raw = decode_blob(
+                            self.repo.crypt(),
                             || format!("blob {} in {key}", id.short()),
                             id,
                             part,

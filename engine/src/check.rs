@@ -229,9 +229,12 @@ pub async fn check(repo: &Repo, read_data: bool, progress: Arc<Progress>) -> Res
                 };
                 Progress::add(&progress.transferred, data.len() as u64);
                 let id = *id;
-                tokio::task::spawn_blocking(move || (data.len() as u64, verify_pack(&key, &id, &data)))
-                    .await
-                    .unwrap_or_else(|e| (0, vec![format!("pack verifier panicked: {e}")]))
+                let crypt = repo.crypt().clone();
+                tokio::task::spawn_blocking(move || {
+                    (data.len() as u64, verify_pack(&crypt, &key, &id, &data))
+                })
+                .await
+                .unwrap_or_else(|e| (0, vec![format!("pack verifier panicked: {e}")]))
             }
         })
         .buffer_unordered(READ_DATA_CONCURRENCY)
@@ -248,15 +251,15 @@ pub async fn check(repo: &Repo, read_data: bool, progress: Arc<Progress>) -> Res
 }
 
 /// Checks one whole pack: its id, header, trailer, and every blob.
-fn verify_pack(key: &str, id: &PackId, data: &[u8]) -> Vec<String> {
+fn verify_pack(crypt: &crate::keys::Crypt, key: &str, id: &PackId, data: &[u8]) -> Vec<String> {
     let mut errors = Vec::new();
     if PackId::of(data) != *id {
         errors.push(format!("{key}: content does not hash to the pack id"));
     }
-    let trailer = match PackTrailer::decode_pack(data) {
+    let trailer = match PackTrailer::decode_pack(crypt.keys(), data) {
         Ok(t) => t,
         Err(e) => {
-            errors.push(format!("{key}: {e}"));
+            errors.push(crate::keys::sealed_error(key, e).to_string());
             return errors;
         }
     };
@@ -264,6 +267,7 @@ fn verify_pack(key: &str, id: &PackId, data: &[u8]) -> Vec<String> {
         let r = b.range();
         let stored = &data[r.start as usize..r.end as usize];
         if let Err(e) = decode_blob(
+            crypt,
             || format!("blob {} in {key}", b.id.short()),
             &b.id,
             stored,

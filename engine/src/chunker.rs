@@ -1,16 +1,22 @@
 //! Content-defined chunking with FastCDC (2020, normalization level 1).
 //!
+//! An encrypted repository passes a seed derived from its root key: FastCDC XORs it into its gear
+//! table, so boundaries differ between repositories (tenants). It is the crate's only way to key
+//! the chunker; FORMAT.md says what it does and does not hide.
+//!
 //! Inputs no longer than the maximum chunk are chunked from one in-memory slice; longer inputs
 //! stream through a `max`-sized buffer, so memory per file is bounded by the chunk limits.
 
 use std::io::Read;
 
 use cairn_formats::ChunkerParams;
-use fastcdc::v2020::{FastCDC, StreamCDC};
+use fastcdc::v2020::{FastCDC, Normalization, StreamCDC};
 
-/// Splits `data` into chunks and calls `sink` with each one, in order.
+/// Splits `data` into chunks and calls `sink` with each one, in order. `seed` keys the gear table
+/// (0: FastCDC's own).
 pub fn chunk_slice<E>(
     params: &ChunkerParams,
+    seed: u64,
     data: &[u8],
     mut sink: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<(), E> {
@@ -20,11 +26,13 @@ pub fn chunk_slice<E>(
         }
         return Ok(());
     }
-    for c in FastCDC::new(
+    for c in FastCDC::with_level_and_seed(
         data,
         params.min as usize,
         params.avg as usize,
         params.max as usize,
+        Normalization::Level1,
+        seed,
     ) {
         sink(&data[c.offset..c.offset + c.length])?;
     }
@@ -46,14 +54,17 @@ pub enum ChunkReadError<E> {
 /// The reader's error, or the sink's.
 pub fn chunk_reader<R: Read, E>(
     params: &ChunkerParams,
+    seed: u64,
     reader: R,
     mut sink: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<(), ChunkReadError<E>> {
-    let stream = StreamCDC::new(
+    let stream = StreamCDC::with_level_and_seed(
         reader,
         params.min as usize,
         params.avg as usize,
         params.max as usize,
+        Normalization::Level1,
+        seed,
     );
     for c in stream {
         let c = c.map_err(|e| ChunkReadError::Read(e.into()))?;
@@ -76,8 +87,12 @@ mod tests {
     }
 
     fn chunks_of(data: &[u8]) -> Vec<Vec<u8>> {
+        chunks_keyed(data, 0)
+    }
+
+    fn chunks_keyed(data: &[u8], key: u64) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        chunk_slice::<()>(&small(), data, |c| {
+        chunk_slice::<()>(&small(), key, data, |c| {
             out.push(c.to_vec());
             Ok(())
         })
@@ -107,8 +122,14 @@ mod tests {
                 prop_assert!(c.len() >= 256 && c.len() <= 4096);
             }
             let mut streamed = Vec::new();
-            chunk_reader::<_, ()>(&small(), &data[..], |c| { streamed.push(c.to_vec()); Ok(()) }).expect("reads from a slice");
+            chunk_reader::<_, ()>(&small(), 0, &data[..], |c| { streamed.push(c.to_vec()); Ok(()) }).expect("reads from a slice");
             prop_assert_eq!(streamed, chunks);
+            let key = seed | 1;
+            let keyed = chunks_keyed(&data, key);
+            prop_assert_eq!(keyed.concat(), data.clone());
+            let mut streamed = Vec::new();
+            chunk_reader::<_, ()>(&small(), key, &data[..], |c| { streamed.push(c.to_vec()); Ok(()) }).expect("reads from a slice");
+            prop_assert_eq!(streamed, keyed);
         }
 
         #[test]
@@ -131,5 +152,16 @@ mod tests {
             }
             prop_assert!(shared * 10 >= tail * 9, "only {} of {} tail bytes shared", shared, tail);
         }
+    }
+
+    #[test]
+    fn a_keyed_chunker_cuts_elsewhere() {
+        let data = pseudo_random(42, 200_000);
+        let plain: Vec<usize> = chunks_of(&data).iter().map(Vec::len).collect();
+        let keyed: Vec<usize> = chunks_keyed(&data, 0x9e37_79b9_7f4a_7c15)
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_ne!(plain, keyed, "a seed must move the boundaries");
     }
 }

@@ -184,10 +184,16 @@ pub(crate) async fn write_set(
     }
     let objects = segments
         .into_iter()
-        .map(|seg| (segment_key(&name, seg.shard), seg.encode()))
+        .map(|seg| {
+            let key = segment_key(&name, seg.shard);
+            let sealed = repo.crypt().seal(&key, seg.encode());
+            (key, sealed)
+        })
         .chain(tables.into_iter().map(|mut t| {
             t.moves.sort_by_key(|e| e.mv.from);
-            (move_table_key(&name, t.shard), t.encode())
+            let key = move_table_key(&name, t.shard);
+            let sealed = repo.crypt().seal(&key, t.encode());
+            (key, sealed)
         }));
     stream::iter(objects)
         .map(|(key, bytes)| async move { repo.store().put_immutable(&key, Bytes::from(bytes)).await })
@@ -213,7 +219,8 @@ pub(crate) async fn write_set(
 pub(crate) async fn read_move_shard(repo: &Repo, set: &CompactSet, shard: u32) -> Result<MoveTable> {
     let key = move_table_key(&set.name, shard);
     let got = repo.store().get(&key).await?;
-    let t = MoveTable::decode(&got.data).map_err(|e| Error::format(&key, e))?;
+    let plain = repo.crypt().open(&key, "move table", &key, &got.data)?;
+    let t = MoveTable::decode(&plain).map_err(|e| Error::format(&key, e))?;
     if t.shard != shard || t.shard_bits != set.move_bits {
         return Err(Error::Corrupt {
             object: key,
@@ -321,7 +328,11 @@ impl GlobalIndex {
         let key = segment_key(&set.name, shard);
         let got = self.runtime.block_on(self.repo.store().get_opt(&key));
         let seg = match got {
-            Ok(Some(g)) => IndexSegment::decode(&g.data).map_err(|e| Error::format(key.clone(), e)),
+            Ok(Some(g)) => self
+                .repo
+                .crypt()
+                .open(&key, "index segment", &key, &g.data)
+                .and_then(|plain| IndexSegment::decode(&plain).map_err(|e| Error::format(key.clone(), e))),
             // The set was replaced and its segments deleted meanwhile: no deduplication here.
             Ok(None) => return Ok(false),
             Err(e) => Err(e),

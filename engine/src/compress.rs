@@ -1,10 +1,12 @@
-//! Blob encoding: zstd when it shrinks the data, raw otherwise; decoding verifies the id.
+//! Blob encoding: zstd when it shrinks the data, raw otherwise, then sealed in an encrypted
+//! repository; decoding opens, decompresses and verifies the id.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
 
 use cairn_formats::{BlobId, Codec};
 
+use crate::keys::Crypt;
 use crate::{Error, Result};
 
 thread_local! {
@@ -49,26 +51,27 @@ pub struct EncodedBlob {
     pub codec: Codec,
 }
 
-/// Compresses `raw` at `level` (0 = never) and keeps the result only if it is smaller.
-pub fn encode_blob(id: BlobId, raw: &[u8], level: i32) -> EncodedBlob {
+/// Compresses `raw` at `level` (0 = never) and keeps the result only if it is smaller; seals it
+/// when the repository is encrypted.
+pub fn encode_blob(crypt: &Crypt, id: BlobId, raw: &[u8], level: i32) -> EncodedBlob {
     let raw_len = u32::try_from(raw.len()).expect("invariant: blobs are at most 4 GiB");
-    if level > 0 && raw.len() >= 64 {
-        if let Ok(z) = compress(raw, level) {
-            if z.len() < raw.len() {
-                return EncodedBlob {
-                    id,
-                    data: z,
-                    raw_len,
-                    codec: Codec::Zstd,
-                };
-            }
-        }
-    }
+    let z = (level > 0 && raw.len() >= 64)
+        .then(|| compress(raw, level).ok())
+        .flatten()
+        .filter(|z| z.len() < raw.len());
+    let (codec, stored): (Codec, Cow<'_, [u8]>) = match z {
+        Some(z) => (Codec::Zstd, Cow::Owned(z)),
+        None => (Codec::Raw, Cow::Borrowed(raw)),
+    };
+    let data = match crypt.keys() {
+        Some(k) => k.seal_blob(&id, codec, raw_len, &stored),
+        None => stored.into_owned(),
+    };
     EncodedBlob {
         id,
-        data: raw.to_vec(),
+        data,
         raw_len,
-        codec: Codec::Raw,
+        codec,
     }
 }
 
@@ -78,6 +81,7 @@ pub fn encode_blob(id: BlobId, raw: &[u8], level: i32) -> EncodedBlob {
 /// # Errors
 /// [`Error::Corrupt`] if decompression fails, the length is wrong, or the hash does not match.
 pub fn decode_blob<'a>(
+    crypt: &Crypt,
     object: impl Fn() -> String,
     id: &BlobId,
     stored: &'a [u8],
@@ -88,11 +92,21 @@ pub fn decode_blob<'a>(
         object: object(),
         detail,
     };
+    let opened;
+    let stored = match crypt.keys() {
+        Some(k) => {
+            opened = k
+                .open_blob(id, codec, raw_len, stored)
+                .map_err(|e| corrupt(format!("blob {}: {e}", id.short())))?;
+            Cow::Owned(opened)
+        }
+        None => Cow::Borrowed(stored),
+    };
     let raw = match codec {
-        Codec::Raw => Cow::Borrowed(stored),
+        Codec::Raw => stored,
         Codec::Zstd => {
             // One-shot into a buffer of the recorded size: faster than streaming.
-            Cow::Owned(decompress(stored, raw_len as usize).map_err(|e| corrupt(format!("zstd: {e}")))?)
+            Cow::Owned(decompress(&stored, raw_len as usize).map_err(|e| corrupt(format!("zstd: {e}")))?)
         }
     };
     if raw.len() != raw_len as usize {
@@ -101,7 +115,7 @@ pub fn decode_blob<'a>(
             raw.len()
         )));
     }
-    if BlobId::of(&raw) != *id {
+    if crypt.blob_id(&raw) != *id {
         return Err(corrupt(format!(
             "content does not hash to blob id {}",
             id.short()
@@ -118,17 +132,17 @@ mod tests {
     fn round_trip_and_incompressible_stays_raw() {
         let text = b"hello hello hello hello hello hello hello hello hello hello hello".repeat(20);
         let id = BlobId::of(&text);
-        let e = encode_blob(id, &text, 3);
+        let e = encode_blob(&Crypt::plain(), id, &text, 3);
         assert_eq!(e.codec, Codec::Zstd);
         assert_eq!(
-            decode_blob(|| "t".into(), &id, &e.data, e.raw_len, e.codec).expect("decodes"),
+            decode_blob(&Crypt::plain(), || "t".into(), &id, &e.data, e.raw_len, e.codec).expect("decodes"),
             text
         );
 
         let noise: Vec<u8> = (0..4096u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
-        let e = encode_blob(BlobId::of(&noise), &noise, 3);
+        let e = encode_blob(&Crypt::plain(), BlobId::of(&noise), &noise, 3);
         assert!(e.data.len() <= noise.len());
     }
 
@@ -136,9 +150,61 @@ mod tests {
     fn flipped_byte_is_corrupt() {
         let text = b"abcdefgh".repeat(100);
         let id = BlobId::of(&text);
-        let mut e = encode_blob(id, &text, 0);
+        let mut e = encode_blob(&Crypt::plain(), id, &text, 0);
         e.data[5] ^= 1;
-        let err = decode_blob(|| "pack x".into(), &id, &e.data, e.raw_len, e.codec).expect_err("must fail");
+        let err = decode_blob(
+            &Crypt::plain(),
+            || "pack x".into(),
+            &id,
+            &e.data,
+            e.raw_len,
+            e.codec,
+        )
+        .expect_err("must fail");
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
+    fn sealed() -> Crypt {
+        Crypt::sealed(cairn_formats::RepoKeys::derive(
+            &cairn_formats::RootKey::generate(),
+            cairn_formats::RepoId([7; 16]),
+        ))
+    }
+
+    #[test]
+    fn sealed_blobs_round_trip_and_refuse_another_id_key_or_byte() {
+        let c = sealed();
+        let text = b"hello hello hello hello hello hello hello hello hello hello hello".repeat(20);
+        let id = c.blob_id(&text);
+        assert_ne!(id, BlobId::of(&text), "ids are keyed");
+        let e = encode_blob(&c, id, &text, 3);
+        assert_eq!(e.codec, Codec::Zstd);
+        assert_eq!(
+            &decode_blob(&c, || "t".into(), &id, &e.data, e.raw_len, e.codec).expect("opens")[..],
+            &text[..]
+        );
+        let other = c.blob_id(b"other");
+        assert!(
+            decode_blob(&c, || "t".into(), &other, &e.data, e.raw_len, e.codec).is_err(),
+            "another id"
+        );
+        assert!(
+            decode_blob(&sealed(), || "t".into(), &id, &e.data, e.raw_len, e.codec).is_err(),
+            "another key"
+        );
+        assert!(
+            decode_blob(&c, || "t".into(), &id, &e.data, e.raw_len, Codec::Raw).is_err(),
+            "another codec"
+        );
+        for i in [0, 30, e.data.len() - 1] {
+            let mut bad = e.data.clone();
+            bad[i] ^= 1;
+            let err =
+                decode_blob(&c, || "pack p".into(), &id, &bad, e.raw_len, e.codec).expect_err("flipped");
+            assert!(
+                err.to_string().contains("pack p") && err.to_string().contains("authenticate"),
+                "{err}"
+            );
+        }
     }
 }

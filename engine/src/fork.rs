@@ -50,12 +50,17 @@ pub async fn fork(
         tags: vec![format!("fork:{from}@{}", source.to_hex())],
         ..m
     };
-    let bytes = manifest.encode();
+    let bytes = repo
+        .crypt()
+        .seal(&cairn_formats::snapshot_prefix(Some(to)), manifest.encode());
     let id = SnapshotId::of(&bytes);
     repo.store()
         .put_immutable(&snapshot_key(to, &id), Bytes::from(bytes))
         .await?;
-    let head = Bytes::from(Head { snapshot: id, time }.encode());
+    let head = Bytes::from(
+        repo.crypt()
+            .seal(&head_key(to), Head { snapshot: id, time }.encode()),
+    );
     match repo.store().put(&head_key(to), head, PutMode::Create).await {
         Ok(_) => Ok(ForkReport {
             from: source,

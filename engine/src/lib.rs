@@ -31,6 +31,7 @@ mod fork;
 mod gc;
 mod heartbeat;
 mod index;
+mod keys;
 mod meta;
 mod pack;
 mod progress;
@@ -64,6 +65,7 @@ pub use heartbeat::{
     HEARTBEATS_PREFIX,
 };
 pub use index::{BlobLocation, LocalIndex, PackInfo, StatEntry};
+pub use keys::{Crypt, KeyInfo, KeySource, NewKey, KEY_FILE_ENV};
 pub use meta::{is_root, no_core_dumps, raise_fd_limit};
 pub use pack::{FinishedPack, PackBuilder};
 pub use progress::{Progress, ProgressSnapshot};

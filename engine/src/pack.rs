@@ -1,13 +1,15 @@
 //! Building packs: blobs appended back to back, then the self-describing trailer.
 
 use bytes::Bytes;
-use cairn_formats::{BlobId, PackEntry, PackId, PackKind, PackTrailer, PACK_HEADER_LEN, PACK_MAGIC};
+use cairn_formats::{PackEntry, PackId, PackKind, PackTrailer, PACK_HEADER_LEN};
 
 use crate::compress::{encode_blob, EncodedBlob};
+use crate::keys::Crypt;
 
 /// A pack being filled.
 #[derive(Debug)]
 pub struct PackBuilder {
+    crypt: Crypt,
     kind: PackKind,
     buf: Vec<u8>,
     entries: Vec<PackEntry>,
@@ -29,10 +31,11 @@ pub struct FinishedPack {
 impl PackBuilder {
     /// An empty pack expected to grow to at most `target` bytes of blobs; the capacity leaves
     /// room for the trailer (about 60 bytes a blob) so sealing does not reallocate.
-    pub fn new(kind: PackKind, target: usize) -> Self {
+    pub fn new(crypt: &Crypt, kind: PackKind, target: usize) -> Self {
         let mut buf = Vec::with_capacity(target + (target >> 4) + 64);
-        buf.extend_from_slice(PACK_MAGIC);
+        buf.extend_from_slice(PackTrailer::magic(crypt.keys()));
         PackBuilder {
+            crypt: crypt.clone(),
             kind,
             buf,
             entries: Vec::new(),
@@ -87,8 +90,33 @@ impl PackBuilder {
     /// Restores never read the blob; `check --read-data` verifies it like any other.
     pub fn seal(mut self) -> FinishedPack {
         let nonce: [u8; 16] = rand::random();
-        self.add(&encode_blob(BlobId::of(&nonce), &nonce, 0));
+        let blob = encode_blob(&self.crypt, self.crypt.blob_id(&nonce), &nonce, 0);
+        self.add(&blob);
         self.finish()
+    }
+
+    /// [`PackBuilder::seal`] with the blobs in random order, so that a pack's layout does not
+    /// follow the order of the files they came from. For packs built from whole blobs only (a
+    /// repack copies runs of blobs whose offsets its moves record, and must keep them).
+    pub fn seal_shuffled(mut self) -> FinishedPack {
+        use rand::seq::SliceRandom;
+        if self.entries.len() > 1 {
+            let mut order: Vec<usize> = (0..self.entries.len()).collect();
+            order.shuffle(&mut rand::thread_rng());
+            let mut buf = Vec::with_capacity(self.buf.capacity());
+            buf.extend_from_slice(&self.buf[..PACK_HEADER_LEN as usize]);
+            let mut entries = Vec::with_capacity(self.entries.len());
+            for i in order {
+                let mut e = self.entries[i];
+                let r = e.range();
+                e.offset = buf.len() as u64;
+                buf.extend_from_slice(&self.buf[r.start as usize..r.end as usize]);
+                entries.push(e);
+            }
+            self.buf = buf;
+            self.entries = entries;
+        }
+        self.seal()
     }
 
     /// Writes the trailer and computes the pack id.
@@ -98,7 +126,7 @@ impl PackBuilder {
             kind: self.kind,
             blobs: self.entries,
         };
-        trailer.append_to(&mut buf);
+        trailer.append_to(self.crypt.keys(), &mut buf);
         FinishedPack {
             id: PackId::of(&buf),
             kind: self.kind,
@@ -115,17 +143,36 @@ mod tests {
 
     #[test]
     fn finished_pack_describes_itself() {
-        let mut b = PackBuilder::new(PackKind::Data, 1024);
+        for c in [
+            Crypt::plain(),
+            Crypt::sealed(cairn_formats::RepoKeys::derive(
+                &cairn_formats::RootKey::generate(),
+                cairn_formats::RepoId([1; 16]),
+            )),
+        ] {
+            described(&c, false);
+            described(&c, true);
+        }
+    }
+
+    fn described(c: &Crypt, shuffled: bool) {
+        let mut b = PackBuilder::new(c, PackKind::Data, 1024);
         let blobs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 100 * (i as usize + 1)]).collect();
         for raw in &blobs {
-            b.add(&encode_blob(BlobId::of(raw), raw, 3));
+            b.add(&encode_blob(c, c.blob_id(raw), raw, 3));
         }
-        let p = b.finish();
-        let t = PackTrailer::decode_pack(&p.bytes).expect("valid pack");
+        let p = if shuffled { b.seal_shuffled() } else { b.finish() };
+        let t = PackTrailer::decode_pack(c.keys(), &p.bytes).expect("valid pack");
         assert_eq!(t.blobs, p.entries);
-        for (e, raw) in t.blobs.iter().zip(&blobs) {
+        let mut found = 0;
+        for e in &t.blobs {
+            let Some(raw) = blobs.iter().find(|r| c.blob_id(r) == e.id) else {
+                continue; // the nonce blob of a sealed pack
+            };
+            found += 1;
             let r = e.range();
             let got = decode_blob(
+                c,
                 || "p".into(),
                 &e.id,
                 &p.bytes[r.start as usize..r.end as usize],
@@ -135,6 +182,7 @@ mod tests {
             .expect("blob decodes");
             assert_eq!(&got[..], &raw[..]);
         }
+        assert_eq!(found, blobs.len());
         assert_eq!(p.id, PackId::of(&p.bytes));
     }
 }

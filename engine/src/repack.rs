@@ -20,7 +20,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use cairn_formats::{
     pack_key, shard_of_bytes, MoveEntry, MovePiece, PackId, PackKind, PackMove, PackTrailer, PACK_FOOTER_LEN,
-    PACK_HEADER_LEN, PACK_MAGIC,
+    PACK_HEADER_LEN,
 };
 use futures::stream::{self, StreamExt, TryStreamExt};
 
@@ -105,7 +105,7 @@ impl Repo {
             }
             None => {
                 let mut out = vec![0u8; m.old_end() as usize];
-                out[..PACK_HEADER_LEN as usize].copy_from_slice(PACK_MAGIC);
+                out[..PACK_HEADER_LEN as usize].copy_from_slice(PackTrailer::magic(self.crypt().keys()));
                 (0..m.old_end(), out)
             }
         };
@@ -268,10 +268,10 @@ pub(crate) async fn repack(repo: &Repo, cands: Vec<Candidate>, small: [u64; 2]) 
             .try_collect()
             .await?;
         let total: usize = fetched.iter().map(|(_, d)| d.len()).sum();
-        let mut b = PackBuilder::new(kind, total);
+        let mut b = PackBuilder::new(repo.crypt(), kind, total);
         let mut placed = Vec::new();
         for (c, data) in &fetched {
-            let Some((trailer, end)) = verified(c.kind, &c.pack, data) else {
+            let Some((trailer, end)) = verified(repo, c.kind, &c.pack, data) else {
                 continue;
             };
             let region = &data[PACK_HEADER_LEN as usize..end as usize];
@@ -296,13 +296,16 @@ pub(crate) async fn repack(repo: &Repo, cands: Vec<Candidate>, small: [u64; 2]) 
 
 /// A fetched pack's trailer and where its blob region ends, if the pack is exactly what its name
 /// says (id, trailer, kind). Anything else is left in place, with a warning, for `check` to report.
-fn verified(kind: PackKind, pack: &PackId, data: &[u8]) -> Option<(PackTrailer, u64)> {
+fn verified(repo: &Repo, kind: PackKind, pack: &PackId, data: &[u8]) -> Option<(PackTrailer, u64)> {
     let key = pack_key(kind, pack);
     if PackId::of(data) != *pack {
         tracing::warn!(%key, "pack does not hash to its id; not repacked");
         return None;
     }
-    match (PackTrailer::decode_pack(data), PackTrailer::trailer_len(data)) {
+    match (
+        PackTrailer::decode_pack(repo.crypt().keys(), data),
+        PackTrailer::trailer_len(data),
+    ) {
         (Ok(t), Ok(tlen)) if t.kind == kind => {
             Some((t, data.len() as u64 - u64::from(tlen) - PACK_FOOTER_LEN))
         }
@@ -394,6 +397,7 @@ pub(crate) async fn live_blobs(
                 detail: format!("tree {} lies beyond the pack", id.short()),
             })?;
         let raw = crate::compress::decode_blob(
+            repo.crypt(),
             || format!("tree {} in {key}", id.short()),
             &id,
             stored,
@@ -436,12 +440,12 @@ pub(crate) async fn rewrite_sparse(
 ) -> Result<RepackReport> {
     let mut report = RepackReport::default();
     let target = u64::from(repo.config().packs.data);
-    let mut b = PackBuilder::new(PackKind::Data, target as usize);
+    let mut b = PackBuilder::new(repo.crypt(), PackKind::Data, target as usize);
     let mut placed: Vec<(PackId, u64, Vec<MovePiece>)> = Vec::new();
     for s in packs {
         let key = pack_key(PackKind::Data, &s.pack);
         let data = repo.store().get(&key).await?.data;
-        let Some((trailer, _)) = verified(PackKind::Data, &s.pack, &data) else {
+        let Some((trailer, _)) = verified(repo, PackKind::Data, &s.pack, &data) else {
             continue;
         };
         // Runs of adjacent live blobs.
@@ -458,7 +462,10 @@ pub(crate) async fn rewrite_sparse(
         }
         let live_len: u64 = runs.iter().map(|(a, z, _)| z - a).sum();
         if !b.is_empty() && (b.len() as u64) + live_len > target {
-            let full = std::mem::replace(&mut b, PackBuilder::new(PackKind::Data, target as usize));
+            let full = std::mem::replace(
+                &mut b,
+                PackBuilder::new(repo.crypt(), PackKind::Data, target as usize),
+            );
             seal_and_move(repo, PackKind::Data, full, &mut placed, &mut report).await?;
         }
         let mut pieces = Vec::new();

@@ -8,11 +8,12 @@ use bytes::Bytes;
 use cairn_formats::{
     head_key, index_key, snapshot_key, snapshot_prefix, validate_workspace, BlobId, ChunkerParams,
     Compression, Encryption, Head, IndexId, IndexRecord, Manifest, PackKind, PackTargets, RepoConfig, RepoId,
-    SnapshotId, Timestamp, CONFIG_KEY,
+    SnapshotId, Timestamp, CONFIG_KEY, INDEX_PREFIX,
 };
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::index::{BlobLocation, LocalIndex};
+use crate::keys::{Crypt, KeyInfo, KeySource, NewKey};
 use crate::store::{PutMode, Store, StoreExt, Version};
 use crate::{Error, Result};
 
@@ -28,6 +29,9 @@ pub struct InitOptions {
     pub zstd_level: Option<i32>,
     /// Pack targets (default 8 MiB data, 4 MiB meta).
     pub packs: Option<PackTargets>,
+    /// The first wrapping of a new random root key: an encrypted (version 2) repository. `None`
+    /// makes a plaintext (version 1) one, readable by anyone who can read the store.
+    pub key: Option<NewKey>,
 }
 
 /// A snapshot as listed.
@@ -46,6 +50,12 @@ pub struct SnapshotInfo {
 pub struct Repo {
     store: Arc<dyn Store>,
     config: RepoConfig,
+    /// The config's stored bytes (key objects are bound to their hash).
+    config_bytes: Bytes,
+    /// How objects are sealed.
+    crypt: Crypt,
+    /// The key object that opened it (encrypted repositories).
+    key_id: Option<[u8; 16]>,
     /// Pack moves read so far (see `repack.rs`).
     moves: Arc<std::sync::Mutex<HashMap<cairn_formats::PackId, cairn_formats::PackMove>>>,
 }
@@ -65,31 +75,72 @@ impl Repo {
                 zstd_level: opts.zstd_level.unwrap_or(Compression::default().zstd_level),
             },
             packs: opts.packs.unwrap_or_default(),
-            encryption: Encryption::None,
+            encryption: if opts.key.is_some() {
+                Encryption::Aes256Gcm
+            } else {
+                Encryption::None
+            },
         };
         config
             .chunker
             .validate()
             .map_err(|e| Error::Invalid(e.to_string()))?;
         // Round-trip through the decoder so init can never write a config that open refuses.
-        let bytes = config.encode();
+        let bytes = Bytes::from(config.encode());
         RepoConfig::decode(&bytes).map_err(|e| Error::Invalid(e.to_string()))?;
         crate::store::check_conditional_writes(store.as_ref()).await?;
-        match store.put(CONFIG_KEY, Bytes::from(bytes), PutMode::Create).await {
-            Ok(_) => Ok(Repo::with(store, config)),
-            Err(Error::AlreadyExists { .. }) => Err(Error::Invalid(format!(
+        if store.get_opt(CONFIG_KEY).await?.is_some() {
+            return Err(Error::Invalid(format!(
                 "{}: a repository already exists here; nothing was changed",
                 store.location()
-            ))),
-            Err(e) => Err(e),
+            )));
+        }
+        // The key object first: a config is only ever visible with a key that opens it.
+        let (crypt, key_id) = match &opts.key {
+            None => (Crypt::plain(), None),
+            Some(new) => {
+                let root = cairn_formats::RootKey::generate();
+                let k = crate::keys::create_key_object(store.as_ref(), config.id, &bytes, &root, new).await?;
+                (
+                    Crypt::sealed(cairn_formats::RepoKeys::derive(&root, config.id)),
+                    Some(k.id),
+                )
+            }
+        };
+        match store.put(CONFIG_KEY, bytes.clone(), PutMode::Create).await {
+            Ok(_) => Ok(Repo::with(store, config, bytes, crypt, key_id)),
+            Err(e) => {
+                if let Some(id) = key_id {
+                    // Bound to a config that was never written: useless, but remove it.
+                    let _ = store.delete(&cairn_formats::key_object_key(&id)).await;
+                }
+                match e {
+                    Error::AlreadyExists { .. } => Err(Error::Invalid(format!(
+                        "{}: a repository already exists here; nothing was changed",
+                        store.location()
+                    ))),
+                    e => Err(e),
+                }
+            }
         }
     }
 
-    /// Opens the repository in `store`.
+    /// Opens the repository in `store`, with the key `CAIRN_KEY_FILE` names if it is encrypted.
     ///
     /// # Errors
-    /// [`Error::NoRepository`] if there is no config; [`Error::Corrupt`] if it does not decode.
+    /// As [`Repo::open_with`].
     pub async fn open(store: Arc<dyn Store>) -> Result<Repo> {
+        Repo::open_with(store, &KeySource::from_env()).await
+    }
+
+    /// Opens the repository in `store` with the key from `keys` (an encrypted repository needs
+    /// one; a plaintext one refuses one, so that a key given for an encrypted repository never
+    /// writes plaintext into another).
+    ///
+    /// # Errors
+    /// [`Error::NoRepository`] if there is no config; [`Error::Corrupt`] if it does not decode;
+    /// [`Error::Invalid`] for a missing, wrong or unexpected key.
+    pub async fn open_with(store: Arc<dyn Store>, keys: &KeySource) -> Result<Repo> {
         let got = match store.get(CONFIG_KEY).await {
             Ok(g) => g,
             Err(Error::NotFound { .. }) => {
@@ -100,7 +151,110 @@ impl Repo {
             Err(e) => return Err(e),
         };
         let config = RepoConfig::decode(&got.data).map_err(|e| Error::format(CONFIG_KEY, e))?;
-        Ok(Repo::with(store, config))
+        match config.encryption {
+            Encryption::None => {
+                if let Some(f) = &keys.file {
+                    return Err(Error::Invalid(format!(
+                        "{}: this repository is not encrypted (format version 1), but a key was given ({}={}); \
+                         refusing to use it, so that nothing meant to be encrypted is stored in the clear. \
+                         Unset {} to use this plaintext repository",
+                        store.location(),
+                        crate::keys::KEY_FILE_ENV,
+                        f.display(),
+                        crate::keys::KEY_FILE_ENV
+                    )));
+                }
+                Ok(Repo::with(store, config, got.data, Crypt::plain(), None))
+            }
+            Encryption::Aes256Gcm => {
+                let (root, id) = crate::keys::unlock(store.as_ref(), config.id, &got.data, keys).await?;
+                let crypt = Crypt::sealed(cairn_formats::RepoKeys::derive(&root, config.id));
+                Ok(Repo::with(store, config, got.data, crypt, Some(id)))
+            }
+        }
+    }
+
+    /// How this repository's objects are sealed.
+    pub fn crypt(&self) -> &Crypt {
+        &self.crypt
+    }
+
+    /// Whether the repository is encrypted (format version 2).
+    pub fn is_encrypted(&self) -> bool {
+        self.crypt.is_encrypted()
+    }
+
+    /// The repository's key objects (never the keys).
+    ///
+    /// # Errors
+    /// Store errors; a key object that does not decode.
+    pub async fn key_list(&self) -> Result<Vec<KeyInfo>> {
+        crate::keys::keyring_list(self.store.as_ref(), self.key_id.as_ref()).await
+    }
+
+    /// Adds a wrapping of the root key; `current` must open the repository (it gives the root
+    /// key to wrap).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a plaintext repository or an unusable key; store errors.
+    pub async fn key_add(&self, current: &KeySource, new: &NewKey) -> Result<KeyInfo> {
+        if !self.is_encrypted() {
+            return Err(Error::Invalid(format!(
+                "{}: the repository is not encrypted; it has no keys to add to",
+                self.store.location()
+            )));
+        }
+        let (root, _) =
+            crate::keys::unlock(self.store.as_ref(), self.config.id, &self.config_bytes, current).await?;
+        let k = crate::keys::create_key_object(
+            self.store.as_ref(),
+            self.config.id,
+            &self.config_bytes,
+            &root,
+            new,
+        )
+        .await?;
+        Ok(crate::keys::keyring_info(&k, self.key_id.as_ref()))
+    }
+
+    /// Removes the key object whose id starts with `prefix`. The key this repository was opened
+    /// with cannot be removed (open it with another one), so the last key never goes.
+    ///
+    /// # Errors
+    /// [`Error::Unknown`] for no or several matches; [`Error::Invalid`] for the current key.
+    pub async fn key_remove(&self, prefix: &str) -> Result<KeyInfo> {
+        let p = prefix.to_ascii_lowercase();
+        let all = self.key_list().await?;
+        let found: Vec<&KeyInfo> = all
+            .iter()
+            .filter(|k| !p.is_empty() && k.id.starts_with(&p))
+            .collect();
+        let k = match found.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(Error::Unknown(format!(
+                    "no key {prefix:?} in {} (see `initctl key list`)",
+                    self.store.location()
+                )))
+            }
+            _ => {
+                return Err(Error::Unknown(format!(
+                    "key prefix {prefix:?} matches {} keys; give more digits",
+                    found.len()
+                )))
+            }
+        };
+        if k.current {
+            return Err(Error::Invalid(format!(
+                "key {} is the one this command opened the repository with; open it with another key to remove this one \
+                 (a repository always keeps at least one key); nothing was changed",
+                k.id
+            )));
+        }
+        let mut id = [0u8; 16];
+        hex::decode_to_slice(&k.id, &mut id).map_err(|e| Error::Invalid(e.to_string()))?;
+        self.store.delete(&cairn_formats::key_object_key(&id)).await?;
+        Ok(k.clone())
     }
 
     /// Opens the repository at `url`, retrying failures that can pass (a new pod's credentials
@@ -112,10 +266,11 @@ impl Repo {
     /// The last failure once `wait` is spent; [`Error::Invalid`], [`Error::NoRepository`].
     pub async fn open_waiting(
         url: &str,
+        keys: &KeySource,
         wait: Option<std::time::Duration>,
         on_retry: impl FnMut(&Error, std::time::Duration),
     ) -> Result<Repo> {
-        let (repo, ()) = Repo::open_waiting_and(url, wait, on_retry, |_| async { Ok(()) }).await?;
+        let (repo, ()) = Repo::open_waiting_and(url, keys, wait, on_retry, |_| async { Ok(()) }).await?;
         Ok(repo)
     }
 
@@ -126,6 +281,7 @@ impl Repo {
     /// As [`Repo::open_waiting`]; `first`'s errors are retried like the config read's.
     pub async fn open_waiting_and<T, F, Fut>(
         url: &str,
+        keys: &KeySource,
         wait: Option<std::time::Duration>,
         mut on_retry: impl FnMut(&Error, std::time::Duration),
         first: F,
@@ -139,7 +295,7 @@ impl Repo {
         loop {
             let opened = async {
                 let store = crate::store::open_store(url).await?;
-                tokio::try_join!(Repo::open(store.clone()), first(store))
+                tokio::try_join!(Repo::open_with(store.clone(), keys), first(store))
             }
             .await;
             match opened {
@@ -157,10 +313,19 @@ impl Repo {
         }
     }
 
-    fn with(store: Arc<dyn Store>, config: RepoConfig) -> Repo {
+    fn with(
+        store: Arc<dyn Store>,
+        config: RepoConfig,
+        config_bytes: Bytes,
+        crypt: Crypt,
+        key_id: Option<[u8; 16]>,
+    ) -> Repo {
         Repo {
             store,
             config,
+            config_bytes,
+            crypt,
+            key_id,
             moves: Arc::default(),
         }
     }
@@ -213,10 +378,13 @@ impl Repo {
         validate_workspace(workspace).map_err(|e| Error::Invalid(e.to_string()))?;
         let key = head_key(workspace);
         match self.store.get_opt(&key).await? {
-            Some(g) => Ok(Some((
-                Head::decode(&g.data).map_err(|e| Error::format(key, e))?,
-                g.version,
-            ))),
+            Some(g) => {
+                let plain = self.crypt.open(&key, "workspace head", &key, &g.data)?;
+                Ok(Some((
+                    Head::decode(&plain).map_err(|e| Error::format(key, e))?,
+                    g.version,
+                )))
+            }
             None => Ok(None),
         }
     }
@@ -234,7 +402,20 @@ impl Repo {
                 detail: "content does not hash to the snapshot id".into(),
             });
         }
-        Manifest::decode(&got.data).map_err(|e| Error::format(key, e))
+        let plain = self.crypt.open(
+            &key,
+            "snapshot manifest",
+            &snapshot_prefix(Some(workspace)),
+            &got.data,
+        )?;
+        let m = Manifest::decode(&plain).map_err(|e| Error::format(&key, e))?;
+        if m.workspace != workspace {
+            return Err(Error::Corrupt {
+                object: key,
+                detail: format!("the manifest is of workspace {:?}", m.workspace),
+            });
+        }
+        Ok(m)
     }
 
     /// Finds a snapshot of `workspace`: the head when `snapshot` is `None` or `"latest"`, else the
@@ -350,7 +531,8 @@ impl Repo {
                 detail: "content does not hash to the index record id".into(),
             });
         }
-        IndexRecord::decode(&got.data).map_err(|e| Error::format(key, e))
+        let plain = self.crypt.open(&key, "index record", INDEX_PREFIX, &got.data)?;
+        IndexRecord::decode(&plain).map_err(|e| Error::format(key, e))
     }
 
     /// Loads the index records a manifest names into one blob-location map.

@@ -44,6 +44,10 @@ pub struct RepoStats {
     pub condemned: u64,
     /// Bytes condemned.
     pub condemned_bytes: u64,
+    /// Whether the repository is encrypted (format version 2).
+    pub encrypted: bool,
+    /// Its format version: 1 plaintext, 2 encrypted.
+    pub format_version: u16,
 }
 
 /// Gathers [`RepoStats`].
@@ -87,5 +91,7 @@ pub async fn stats(repo: &Repo) -> Result<RepoStats> {
     let (gc, _) = GcState::read(store.as_ref()).await?;
     s.condemned = gc.condemned.len() as u64;
     s.condemned_bytes = gc.condemned.iter().map(|c| c.size).sum();
+    s.encrypted = repo.is_encrypted();
+    s.format_version = repo.config().version();
     Ok(s)
 }

@@ -16,6 +16,7 @@ use crate::{Error, Result};
 pub struct SnapshotTrees {
     locations: Locations,
     meta_packs: HashMap<PackId, Bytes>,
+    crypt: crate::keys::Crypt,
 }
 
 impl SnapshotTrees {
@@ -63,7 +64,13 @@ impl SnapshotTrees {
         Ok(SnapshotTrees {
             locations,
             meta_packs,
+            crypt: repo.crypt().clone(),
         })
+    }
+
+    /// How the repository's blobs are named and sealed.
+    pub fn crypt(&self) -> &crate::keys::Crypt {
+        &self.crypt
     }
 
     /// The blob locations of the snapshot.
@@ -96,6 +103,7 @@ impl SnapshotTrees {
                 ),
             })?;
         let raw = decode_blob(
+            &self.crypt,
             || format!("tree {} in {key}", id.short()),
             id,
             stored,

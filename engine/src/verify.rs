@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use cairn_formats::{BlobId, Entry, Extent, Manifest, Meta, Node};
+use cairn_formats::{Entry, Extent, Manifest, Meta, Node};
 use rayon::prelude::*;
 
 use crate::meta::{is_root, read_meta, XattrsOf};
@@ -109,13 +109,15 @@ pub fn verify_dir(
     let found = Mutex::new(Vec::new());
     let bytes: u64 = files
         .par_iter()
-        .map(|(path, e)| match check_content(path, e, progress) {
-            Ok(n) => n,
-            Err(m) => {
-                found.lock().expect("invariant: lock not poisoned").push(m);
-                0
-            }
-        })
+        .map(
+            |(path, e)| match check_content(trees.crypt(), path, e, progress) {
+                Ok(n) => n,
+                Err(m) => {
+                    found.lock().expect("invariant: lock not poisoned").push(m);
+                    0
+                }
+            },
+        )
         .sum();
     mismatches.extend(found.into_inner().expect("invariant: lock not poisoned"));
     report.bytes = bytes;
@@ -188,7 +190,12 @@ fn compare_meta(path: &Path, want: &Meta, symlink: bool, owners: bool, out: &mut
 }
 
 /// Re-hashes a file's content extent by extent.
-fn check_content(path: &Path, e: &Entry, progress: &Progress) -> std::result::Result<u64, String> {
+fn check_content(
+    crypt: &crate::keys::Crypt,
+    path: &Path,
+    e: &Entry,
+    progress: &Progress,
+) -> std::result::Result<u64, String> {
     let Node::File { extents, .. } = &e.node else {
         return Ok(0);
     };
@@ -210,7 +217,7 @@ fn check_content(path: &Path, e: &Entry, progress: &Progress) -> std::result::Re
         }
         match x {
             Extent::Chunk { id, .. } => {
-                if BlobId::of(&buf) != *id {
+                if crypt.blob_id(&buf) != *id {
                     return Err(format!("{p}: content differs at bytes {pos}..{}", pos + x.len()));
                 }
             }

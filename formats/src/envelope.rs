@@ -3,17 +3,23 @@
 //! ```text
 //! 0..5  b"CAIRN"
 //! 5     object kind (see `Kind`)
-//! 6..8  format version, u16 little-endian (1)
-//! 8..   postcard body
+//! 6..8  format version, u16 little-endian (1 plaintext, 2 sealed)
+//! 8..   postcard body (version 2: sealed, see `seal.rs`)
 //! ```
+//!
+//! Encoders write version 1, the plaintext layout. A version-2 repository seals that encoding
+//! (`RepoKeys::seal_object` sets the version to 2 and seals the body); opening gives back the
+//! header with version 2 and the body, which the decoders here read like version 1.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::FormatError;
 
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The newest format version this build writes and reads (2: sealed). It reads version 1 too.
+pub const FORMAT_VERSION: u16 = 2;
+/// The version of plaintext repositories and of the plaintext layout every encoder writes.
+pub const PLAIN_VERSION: u16 = 1;
 
 pub(crate) const MAGIC: &[u8; 5] = b"CAIRN";
 pub(crate) const HEADER_LEN: usize = 8;
@@ -29,6 +35,7 @@ pub(crate) enum Kind {
     Index = 5,
     Segment = 6,
     Move = 7,
+    Key = 8,
 }
 
 impl Kind {
@@ -41,20 +48,33 @@ impl Kind {
             Kind::Index => "index record",
             Kind::Segment => "index segment",
             Kind::Move => "move table",
+            Kind::Key => "key object",
         }
     }
 }
 
 pub(crate) fn encode<T: Serialize>(kind: Kind, value: &T) -> Vec<u8> {
+    encode_version(kind, PLAIN_VERSION, value)
+}
+
+pub(crate) fn encode_version<T: Serialize>(kind: Kind, version: u16, value: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(MAGIC);
     out.push(kind as u8);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     postcard::to_io(value, &mut out).expect("invariant: writing to a Vec cannot fail");
     out
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, FormatError> {
+    decode_versioned(kind, bytes).map(|(v, _)| v)
+}
+
+/// Decodes, returning the header's version too (1 or 2).
+pub(crate) fn decode_versioned<T: DeserializeOwned>(
+    kind: Kind,
+    bytes: &[u8],
+) -> Result<(T, u16), FormatError> {
     let what = kind.what();
     if bytes.len() < HEADER_LEN || &bytes[..5] != MAGIC {
         return Err(FormatError::BadMagic { what });
@@ -67,14 +87,14 @@ pub(crate) fn decode<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T,
         });
     }
     let version = u16::from_le_bytes([bytes[6], bytes[7]]);
-    if version != FORMAT_VERSION {
+    if !(PLAIN_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(FormatError::UnsupportedVersion {
             what,
             found: version,
             supported: FORMAT_VERSION,
         });
     }
-    decode_body(what, &bytes[HEADER_LEN..])
+    Ok((decode_body(what, &bytes[HEADER_LEN..])?, version))
 }
 
 pub(crate) fn decode_body<T: DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<T, FormatError> {

@@ -50,6 +50,12 @@ pub enum FormatError {
         /// The kind of object.
         what: &'static str,
     },
+    /// A sealed (version 2) item does not authenticate.
+    #[error("{what}: does not authenticate: sealed under another key, damaged, or moved or copied here from another place or repository")]
+    Sealed {
+        /// The kind of object.
+        what: &'static str,
+    },
     /// A user-supplied name or value is not acceptable.
     #[error("invalid {what} {value:?}: {reason}")]
     Invalid {

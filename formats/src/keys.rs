@@ -58,3 +58,11 @@ pub const HEADS_PREFIX: &str = "heads/";
 pub fn pack_prefix(kind: PackKind) -> String {
     format!("packs/{}/", kind.dir())
 }
+
+/// `keys/<32 hex>`: one wrapping of the root key of an encrypted repository.
+pub fn key_object_key(id: &[u8; 16]) -> String {
+    format!("{KEYS_PREFIX}{}", hex::encode(id))
+}
+
+/// Prefix of every key object.
+pub const KEYS_PREFIX: &str = "keys/";

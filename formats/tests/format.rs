@@ -181,7 +181,7 @@ fn sample_pack() -> Vec<u8> {
         kind: PackKind::Meta,
         blobs: vec![sample_entry(30, 8), sample_entry(31, 108)],
     }
-    .append_to(&mut p);
+    .append_to(None, &mut p);
     p
 }
 
@@ -237,7 +237,7 @@ fn golden(name: &str, bytes: &[u8]) {
     // `cargo test` sets the variable at run time too; prefer it, so a test binary built in a
     // shared target directory from another checkout reads this checkout's files.
     let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
-    let path = std::path::Path::new(&dir).join("tests/golden/v1").join(name);
+    let path = std::path::Path::new(&dir).join("tests/golden").join(name);
     if std::env::var_os("CAIRN_WRITE_GOLDEN").is_some() && !path.exists() {
         std::fs::write(&path, bytes).expect("write golden file");
     }
@@ -252,21 +252,21 @@ fn golden(name: &str, bytes: &[u8]) {
 #[test]
 fn golden_v1_config() {
     let b = sample_config().encode();
-    golden("config.bin", &b);
+    golden("v1/config.bin", &b);
     assert_eq!(RepoConfig::decode(&b).expect("decodes"), sample_config());
 }
 
 #[test]
 fn golden_v1_tree() {
     let b = sample_tree().encode();
-    golden("tree.bin", &b);
+    golden("v1/tree.bin", &b);
     assert_eq!(Tree::decode(&b).expect("decodes"), sample_tree());
 }
 
 #[test]
 fn golden_v1_manifest() {
     let b = sample_manifest().encode();
-    golden("manifest.bin", &b);
+    golden("v1/manifest.bin", &b);
     assert_eq!(Manifest::decode(&b).expect("decodes"), sample_manifest());
 }
 
@@ -277,21 +277,21 @@ fn golden_v1_head() {
         time: Timestamp { secs: 1, nanos: 2 },
     };
     let b = h.encode();
-    golden("head.bin", &b);
+    golden("v1/head.bin", &b);
     assert_eq!(Head::decode(&b).expect("decodes"), h);
 }
 
 #[test]
 fn golden_v1_index() {
     let b = sample_index().encode();
-    golden("index.bin", &b);
+    golden("v1/index.bin", &b);
     assert_eq!(IndexRecord::decode(&b).expect("decodes"), sample_index());
 }
 
 #[test]
 fn golden_v1_segment() {
     let b = sample_segment().encode();
-    golden("segment.bin", &b);
+    golden("v1/segment.bin", &b);
     assert_eq!(IndexSegment::decode(&b).expect("decodes"), sample_segment());
 }
 
@@ -310,7 +310,7 @@ fn sample_move_table() -> MoveTable {
 #[test]
 fn golden_v1_move_table() {
     let b = sample_move_table().encode();
-    golden("movetable.bin", &b);
+    golden("v1/movetable.bin", &b);
     assert_eq!(MoveTable::decode(&b).expect("decodes"), sample_move_table());
     let mut wrong_shard = sample_move_table();
     wrong_shard.shard ^= 1;
@@ -375,8 +375,8 @@ fn moves_map_ranges_piece_by_piece() {
 #[test]
 fn golden_v1_pack() {
     let b = sample_pack();
-    golden("pack.bin", &b);
-    let t = PackTrailer::decode_pack(&b).expect("decodes");
+    golden("v1/pack.bin", &b);
+    let t = PackTrailer::decode_pack(None, &b).expect("decodes");
     assert_eq!(t.blobs, vec![sample_entry(30, 8), sample_entry(31, 108)]);
 }
 
@@ -384,10 +384,10 @@ fn golden_v1_pack() {
 fn header_errors_name_the_problem() {
     let mut b = sample_manifest().encode();
     assert!(matches!(Tree::decode(&b), Err(FormatError::WrongKind { .. })));
-    b[6] = 2;
+    b[6] = 3;
     assert!(matches!(
         Manifest::decode(&b),
-        Err(FormatError::UnsupportedVersion { found: 2, .. })
+        Err(FormatError::UnsupportedVersion { found: 3, .. })
     ));
     assert!(matches!(
         Manifest::decode(b"nope"),
@@ -434,7 +434,7 @@ fn pack_trailer_checksum_catches_a_flipped_byte() {
     let n = p.len();
     p[n - PACK_FOOTER_LEN as usize - 3] ^= 0x10;
     assert!(matches!(
-        PackTrailer::decode_pack(&p),
+        PackTrailer::decode_pack(None, &p),
         Err(FormatError::Checksum { .. }) | Err(FormatError::Malformed { .. })
     ));
 }
@@ -535,8 +535,8 @@ proptest! {
             p.extend(std::iter::repeat_n(i as u8, *s as usize));
         }
         let t = PackTrailer { kind: PackKind::Data, blobs: blobs.clone() };
-        t.append_to(&mut p);
-        prop_assert_eq!(PackTrailer::decode_pack(&p).expect("decodes"), t);
+        t.append_to(None, &mut p);
+        prop_assert_eq!(PackTrailer::decode_pack(None, &p).expect("decodes"), t);
         let r = IndexRecord { packs: vec![IndexPack { pack: PackId::of(&p), kind: PackKind::Data, size: p.len() as u64, blobs }] };
         prop_assert_eq!(IndexRecord::decode(&r.encode()).expect("decodes"), r);
     }
@@ -550,8 +550,8 @@ proptest! {
         let _ = IndexRecord::decode(&bytes);
         let _ = IndexSegment::decode(&bytes);
         let _ = MoveTable::decode(&bytes);
-        let _ = PackTrailer::decode_pack(&bytes);
-        let _ = PackTrailer::decode_tail(&bytes, bytes.len() as u64);
+        let _ = PackTrailer::decode_pack(None, &bytes);
+        let _ = PackTrailer::decode_tail(None, &bytes, bytes.len() as u64);
     }
 
     #[test]
@@ -570,6 +570,230 @@ proptest! {
         let _ = IndexRecord::decode(b);
         let _ = IndexSegment::decode(b);
         let _ = MoveTable::decode(b);
-        let _ = PackTrailer::decode_pack(b);
+        let _ = PackTrailer::decode_pack(None, b);
+    }
+}
+
+// ---- Version 2: sealed objects, pinned with fixed keys and salts -------------------------------
+
+fn v2_root() -> RootKey {
+    RootKey::from_bytes(zeroize::Zeroizing::new([0x11; 32]))
+}
+
+fn v2_keys() -> RepoKeys {
+    RepoKeys::derive(&v2_root(), sample_config().id)
+}
+
+fn v2_config() -> RepoConfig {
+    RepoConfig {
+        encryption: Encryption::Aes256Gcm,
+        ..sample_config()
+    }
+}
+
+const V2_KEY_FILE: &[u8] = b"0123456789abcdef0123456789abcdef\n";
+
+fn v2_key_object() -> KeyObject {
+    let id = [9; 16];
+    let binding = KeyObject::binding(sample_config().id, &id, &v2_config().encode());
+    let kek = FileKek::from_file_bytes(V2_KEY_FILE).expect("32 bytes");
+    KeyObject {
+        id,
+        created: Timestamp {
+            secs: 1_795_350_718,
+            nanos: 0,
+        },
+        host: "golden".into(),
+        wrap: KeyWrap::File,
+        wrapped: kek.wrap_with(&v2_root(), &binding, &[0x21; SALT_LEN]),
+    }
+}
+
+#[test]
+fn golden_v2_config_and_key() {
+    let c = v2_config().encode();
+    golden("v2/config.bin", &c);
+    assert_eq!(RepoConfig::decode(&c).expect("decodes"), v2_config());
+    assert_eq!(v2_config().version(), 2);
+    // A config whose version and encryption disagree is refused (a downgrade by rewriting it).
+    let mut lie = c.clone();
+    lie[6] = 1;
+    assert!(RepoConfig::decode(&lie).is_err());
+
+    let k = v2_key_object().encode();
+    golden("v2/key.bin", &k);
+    let k = KeyObject::decode(&k).expect("decodes");
+    let kek = FileKek::from_file_bytes(V2_KEY_FILE).expect("32 bytes");
+    let binding = KeyObject::binding(sample_config().id, &k.id, &c);
+    let root = kek.unwrap(&binding, &k.wrapped).expect("the key file opens it");
+    assert_eq!(root.expose(), v2_root().expose());
+    // Another key file, another repository, another config: none opens it.
+    let other = FileKek::from_file_bytes(b"another key file of at least 32 bytes").expect("long enough");
+    assert!(other.unwrap(&binding, &k.wrapped).is_none());
+    assert!(kek
+        .unwrap(&KeyObject::binding(RepoId([8; 16]), &k.id, &c), &k.wrapped)
+        .is_none());
+    assert!(kek
+        .unwrap(
+            &KeyObject::binding(sample_config().id, &k.id, &sample_config().encode()),
+            &k.wrapped
+        )
+        .is_none());
+    assert!(FileKek::from_file_bytes(b"short\n").is_err());
+}
+
+#[test]
+fn golden_v2_keyed_ids() {
+    let k = v2_keys();
+    let mut b = k.blob_id(b"hello").0.to_vec();
+    b.extend_from_slice(&k.chunker_seed().to_le_bytes());
+    golden("v2/ids.bin", &b);
+    assert_ne!(k.blob_id(b"hello"), BlobId::of(b"hello"));
+    let other = RepoKeys::derive(
+        &RootKey::from_bytes(zeroize::Zeroizing::new([0x12; 32])),
+        sample_config().id,
+    );
+    assert_ne!(other.blob_id(b"hello"), k.blob_id(b"hello"));
+    assert_ne!(other.chunker_seed(), k.chunker_seed());
+}
+
+/// Every sealed object kind: its golden bytes, its binding, and its decoder.
+fn v2_objects() -> Vec<(&'static str, String, Vec<u8>)> {
+    let head = Head {
+        snapshot: SnapshotId(id32(40)),
+        time: Timestamp { secs: 1, nanos: 2 },
+    };
+    let set = "00000001-0123456789abcdef";
+    vec![
+        (
+            "v2/manifest.bin",
+            "snapshots/ws-1/".to_string(),
+            sample_manifest().encode(),
+        ),
+        ("v2/head.bin", "heads/ws-1".to_string(), head.encode()),
+        (
+            "v2/index.bin",
+            "index/records/".to_string(),
+            sample_index().encode(),
+        ),
+        ("v2/segment.bin", segment_key(set, 0), sample_segment().encode()),
+        (
+            "v2/movetable.bin",
+            move_table_key(set, 1),
+            sample_move_table().encode(),
+        ),
+    ]
+}
+
+#[test]
+fn golden_v2_sealed_objects() {
+    let k = v2_keys();
+    for (i, (name, binding, plain)) in v2_objects().into_iter().enumerate() {
+        let sealed = k.seal_object_with(&binding, &plain, &[0x30 + i as u8; SALT_LEN]);
+        golden(name, &sealed);
+        assert_eq!(
+            &sealed[..8],
+            &[b'C', b'A', b'I', b'R', b'N', plain[5], 2, 0],
+            "{name}: header"
+        );
+        let opened = k.open_object("object", &binding, &sealed).expect("opens");
+        assert_eq!(&opened[8..], &plain[8..], "{name}");
+        // The opened encoding decodes like version 1.
+        match name {
+            "v2/manifest.bin" => assert_eq!(Manifest::decode(&opened).expect("decodes"), sample_manifest()),
+            "v2/index.bin" => assert_eq!(IndexRecord::decode(&opened).expect("decodes"), sample_index()),
+            "v2/segment.bin" => assert_eq!(IndexSegment::decode(&opened).expect("decodes"), sample_segment()),
+            "v2/movetable.bin" => {
+                assert_eq!(MoveTable::decode(&opened).expect("decodes"), sample_move_table())
+            }
+            _ => {
+                Head::decode(&opened).expect("decodes");
+            }
+        }
+        // Nothing of the body is visible: the plaintext body appears nowhere in the object.
+        assert!(
+            !sealed.windows(plain.len() - 8).any(|w| w == &plain[8..]),
+            "{name}"
+        );
+        // A flipped byte anywhere, another place, another repository or key: refused.
+        for at in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[at] ^= 0x40;
+            assert!(
+                k.open_object("object", &binding, &bad).is_err(),
+                "{name}: byte {at} flipped opened"
+            );
+        }
+        assert!(matches!(
+            k.open_object("object", "snapshots/ws-2/", &sealed),
+            Err(FormatError::Sealed { .. })
+        ));
+        let elsewhere = RepoKeys::derive(&v2_root(), RepoId([8; 16]));
+        assert!(
+            elsewhere.open_object("object", &binding, &sealed).is_err(),
+            "{name}: other repository"
+        );
+        let wrong = RepoKeys::derive(&RootKey::generate(), sample_config().id);
+        assert!(
+            wrong.open_object("object", &binding, &sealed).is_err(),
+            "{name}: other key"
+        );
+    }
+}
+
+#[test]
+fn golden_v2_pack() {
+    let k = v2_keys();
+    let tree = sample_tree().encode();
+    let id = k.blob_id(&tree);
+    let blob = k.seal_blob_with(&id, Codec::Raw, tree.len() as u32, &tree, &[0x40; SALT_LEN]);
+    let mut p = PACK_MAGIC_V2.to_vec();
+    p.extend_from_slice(&blob);
+    let entry = PackEntry {
+        id,
+        offset: 8,
+        stored_len: blob.len() as u32,
+        raw_len: tree.len() as u32,
+        codec: Codec::Raw,
+    };
+    PackTrailer {
+        kind: PackKind::Meta,
+        blobs: vec![entry],
+    }
+    .append_with(Some(&k), &mut p, Some(&[0x41; SALT_LEN]));
+    golden("v2/pack.bin", &p);
+    let t = PackTrailer::decode_pack(Some(&k), &p).expect("decodes");
+    assert_eq!(t.blobs, vec![entry]);
+    let r = entry.range();
+    let opened = k
+        .open_blob(
+            &id,
+            Codec::Raw,
+            entry.raw_len,
+            &p[r.start as usize..r.end as usize],
+        )
+        .expect("opens");
+    assert_eq!(Tree::decode(&opened).expect("tree"), sample_tree());
+    // Neither the trailer's ids nor the tree's names are visible.
+    assert!(!p.windows(32).any(|w| w == id.as_bytes()));
+    assert!(!p.windows(tree.len()).any(|w| w == &tree[..]));
+    // Without the keys, or with a plaintext reader, the pack is refused, never misread.
+    assert!(PackTrailer::decode_pack(None, &p).is_err());
+    assert!(PackTrailer::decode_pack(Some(&k), &sample_pack()).is_err());
+    for at in 8..p.len() - 44 {
+        let mut bad = p.clone();
+        bad[at] ^= 1;
+        let blob_ok = k
+            .open_blob(
+                &id,
+                Codec::Raw,
+                entry.raw_len,
+                &bad[r.start as usize..r.end as usize],
+            )
+            .is_ok();
+        assert!(
+            !blob_ok || PackTrailer::decode_pack(Some(&k), &bad).is_err(),
+            "byte {at} flipped went unnoticed"
+        );
     }
 }

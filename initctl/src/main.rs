@@ -65,12 +65,28 @@ pub struct Global {
     /// Log format on stderr: text or json.
     #[arg(long, global = true, env = "CAIRN_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// The key file of an encrypted repository: at least 32 random bytes (a mounted Kubernetes
+    /// Secret, say). Never the key itself on the command line or in the environment.
+    #[arg(long, global = true, env = "CAIRN_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl Global {
+    /// Where the repository's key comes from.
+    pub fn keys(&self) -> cairn_engine::KeySource {
+        cairn_engine::KeySource {
+            file: self.key_file.clone().filter(|p| !p.as_os_str().is_empty()),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create a repository in an empty store.
+    /// Create a repository in an empty store (encrypted unless --plaintext).
     Init(cmd::init::InitArgs),
+    /// Manage the wrappings of an encrypted repository's key: list, add, remove.
+    #[command(subcommand)]
+    Key(cmd::key::KeyCommand),
     /// Back up a workspace directory as a new snapshot.
     Backup(cmd::backup::BackupArgs),
     /// Restore a snapshot into a directory.
@@ -117,6 +133,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.cmd {
             Command::Init(a) => cmd::init::run(&g, a).await,
+            Command::Key(a) => cmd::key::run(&g, a).await,
             Command::Backup(a) => cmd::backup::run(&g, a).await,
             Command::Restore(a) => cmd::restore::run(&g, a).await,
             Command::Snapshots(a) => cmd::snapshots::run(&g, a).await,

@@ -76,7 +76,7 @@ impl Daemon {
     /// Opens the repository, retrying transient failures (credentials can take seconds to appear
     /// on a new pod) with backoff; a bad URL or a missing repository is final.
     async fn open_repo(&self) -> anyhow::Result<()> {
-        let repo = Repo::open_waiting(&self.args.store, None, |e, delay| {
+        let repo = Repo::open_waiting(&self.args.store, &self.args.keys(), None, |e, delay| {
             tracing::warn!(error = %e, retry_in = ?delay, "repository not reachable yet");
         })
         .await

@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// The repository: a directory, file://, s3:// or gs:// URL.
     #[arg(long, env = "CAIRN_STORE")]
     pub store: String,
+    /// The key file of an encrypted repository (a mounted Kubernetes Secret): at least 32 random
+    /// bytes. Hooks never see it: `CAIRN_` variables are not passed to them.
+    #[arg(long, env = "CAIRN_KEY_FILE")]
+    pub key_file: Option<std::path::PathBuf>,
     /// The workspace name.
     #[arg(long, short, env = "CAIRN_WORKSPACE")]
     pub workspace: String,
@@ -166,5 +170,14 @@ fn init_logging(format: &str) {
         builder.json().init();
     } else {
         builder.with_target(false).init();
+    }
+}
+
+impl RunArgs {
+    /// Where the repository's key comes from.
+    pub fn keys(&self) -> cairn_engine::KeySource {
+        cairn_engine::KeySource {
+            file: self.key_file.clone().filter(|p| !p.as_os_str().is_empty()),
+        }
     }
 }

@@ -29,9 +29,40 @@ pub struct TestRepo {
     pub repo: Repo,
 }
 
+/// The key file every test repository is encrypted with (32 random bytes, written once per run).
+pub fn test_key() -> &'static Path {
+    static KEY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("cairn-test-key-{}", std::process::id()));
+        std::fs::write(&path, random_bytes(std::process::id().into(), 32)).expect("write the test key file");
+        path
+    })
+}
+
+/// Where the test repositories' key comes from.
+pub fn keys() -> cairn_engine::KeySource {
+    cairn_engine::KeySource::file(test_key())
+}
+
+/// A command running one of the workspace's binaries with the test key file in its environment.
+pub fn cairn_command(name: &str) -> Command {
+    let mut cmd = Command::new(bin_path(name));
+    cmd.env("CAIRN_KEY_FILE", test_key());
+    cmd
+}
+
+/// Default parameters, encrypted with the test key.
+pub fn default_params() -> InitOptions {
+    InitOptions {
+        key: Some(cairn_engine::NewKey::File(test_key().to_path_buf())),
+        ..InitOptions::default()
+    }
+}
+
 /// Small chunks and packs, so that small test trees exercise multi-chunk files and many packs.
 pub fn small_params() -> InitOptions {
     InitOptions {
+        key: Some(cairn_engine::NewKey::File(test_key().to_path_buf())),
         chunker: Some(ChunkerParams {
             min: 4 << 10,
             avg: 16 << 10,
@@ -53,7 +84,14 @@ impl TestRepo {
 
     /// The defaults a user gets.
     pub async fn default_params() -> TestRepo {
-        Self::with(InitOptions::default()).await
+        Self::with(default_params()).await
+    }
+
+    /// Opens the repository again, as another process would.
+    pub async fn reopen(&self) -> Repo {
+        Repo::open_with(self.repo.store().clone(), &keys())
+            .await
+            .expect("reopen")
     }
 
     /// A repository on `store`, with a local cache in a temp dir.
@@ -480,6 +518,7 @@ pub fn initctl(args: &[&str], env: &[(&str, &str)]) -> Output {
             cmd.env_remove(k);
         }
     }
+    cmd.env("CAIRN_KEY_FILE", test_key());
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);

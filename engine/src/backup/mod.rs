@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_formats::{
-    head_key, index_key, pack_key, snapshot_key, validate_workspace, BlobId, ChunkerParams, Head, IndexId,
-    IndexPack, IndexRecord, Manifest, PackId, PackKind, PackTrailer, SnapshotId, SnapshotStats, Timestamp,
-    PACK_FOOTER_LEN,
+    head_key, index_key, pack_key, snapshot_key, snapshot_prefix, validate_workspace, BlobId, ChunkerParams,
+    Head, IndexId, IndexPack, IndexRecord, Manifest, PackId, PackKind, PackTrailer, SnapshotId,
+    SnapshotStats, Timestamp, INDEX_PREFIX, PACK_FOOTER_LEN,
 };
 use futures::stream::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
@@ -205,14 +205,17 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         workspace: opts.workspace.clone(),
         index: index.clone(),
         chunker: repo.config().chunker,
+        crypt: repo.crypt().clone(),
         zstd_level: repo.config().compression.zstd_level,
         data_target: repo.config().packs.data as usize,
         meta_target: repo.config().packs.meta as usize,
         data: Mutex::new(PackBuilder::new(
+            repo.crypt(),
             PackKind::Data,
             repo.config().packs.data as usize,
         )),
         meta: Mutex::new(PackBuilder::new(
+            repo.crypt(),
             PackKind::Meta,
             repo.config().packs.meta as usize,
         )),
@@ -303,7 +306,14 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
     if session_packs.is_empty() && (!orphans.is_empty() || consolidate) {
         // A record without a pack of this session's could equal one that GC condemned (same
         // packs, same bytes, same name); a fresh pack makes every record unique.
-        packs.push(store_pack(repo, &index, PackBuilder::new(PackKind::Meta, 64).seal()).await?);
+        packs.push(
+            store_pack(
+                repo,
+                &index,
+                PackBuilder::new(repo.crypt(), PackKind::Meta, 64).seal(),
+            )
+            .await?,
+        );
     }
     for pack in orphans {
         packs.push(adopt_pack(repo, &index, pack).await?);
@@ -311,7 +321,7 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
     packs.sort_by_key(|p| p.pack);
     if !packs.is_empty() {
         let record = IndexRecord { packs };
-        let bytes = record.encode();
+        let bytes = repo.crypt().seal(INDEX_PREFIX, record.encode());
         let id = IndexId::of(&bytes);
         repo.store()
             .put_immutable(&index_key(&id), Bytes::from(bytes))
@@ -346,7 +356,9 @@ pub async fn backup(repo: &Repo, opts: &BackupOptions, progress: Arc<Progress>) 
         )));
     }
     let manifest_root_mtime = manifest.root_meta.mtime;
-    let bytes = manifest.encode();
+    let bytes = repo
+        .crypt()
+        .seal(&snapshot_prefix(Some(&opts.workspace)), manifest.encode());
     let snapshot = SnapshotId::of(&bytes);
     repo.store()
         .put_immutable(&snapshot_key(&opts.workspace, &snapshot), Bytes::from(bytes))
@@ -390,7 +402,7 @@ async fn move_head(
     warnings: &mut Vec<String>,
 ) -> Result<bool> {
     let key = head_key(workspace);
-    let body = Bytes::from(Head { snapshot, time }.encode());
+    let body = Bytes::from(repo.crypt().seal(&key, Head { snapshot, time }.encode()));
     for _ in 0..8 {
         let mode = match expected.take() {
             Some(v) => PutMode::Update(v),
@@ -487,7 +499,8 @@ async fn adopt_pack(repo: &Repo, index: &LocalIndex, pack: PackId) -> Result<Ind
             .get_range(&key, size.saturating_sub(tlen + PACK_FOOTER_LEN)..size)
             .await?;
     }
-    let trailer = PackTrailer::decode_tail(&tail, size).map_err(|e| Error::format(&key, e))?;
+    let trailer = PackTrailer::decode_tail(repo.crypt().keys(), &tail, size)
+        .map_err(|e| crate::keys::sealed_error(&key, e))?;
     Ok(IndexPack {
         pack,
         kind: info.kind,
@@ -580,6 +593,8 @@ struct Session {
     workspace: String,
     index: Arc<IndexHandle>,
     chunker: ChunkerParams,
+    /// How blobs are named and sealed.
+    crypt: crate::keys::Crypt,
     zstd_level: i32,
     data_target: usize,
     meta_target: usize,
@@ -728,7 +743,7 @@ impl Session {
         {
             return Ok(());
         }
-        let blob = encode_blob(id, raw, self.zstd_level);
+        let blob = encode_blob(&self.crypt, id, raw, self.zstd_level);
         inc(&self.counters.new_blobs, 1);
         inc(&self.counters.new_bytes, raw.len() as u64);
         let (lock, target) = match kind {
@@ -740,12 +755,12 @@ impl Session {
         let full = {
             let mut b = lock.lock().expect("invariant: lock not poisoned");
             let sealed = (!b.is_empty() && b.len() + blob.data.len() > target)
-                .then(|| std::mem::replace(&mut *b, PackBuilder::new(kind, target)));
+                .then(|| std::mem::replace(&mut *b, PackBuilder::new(&self.crypt, kind, target)));
             b.add(&blob);
             sealed
         };
         match full {
-            Some(b) => self.send(b.seal()),
+            Some(b) => self.send(b.seal_shuffled()),
             None => Ok(()),
         }
     }
@@ -757,12 +772,12 @@ impl Session {
         };
         let b = std::mem::replace(
             &mut *lock.lock().expect("invariant: lock not poisoned"),
-            PackBuilder::new(kind, 0),
+            PackBuilder::new(&self.crypt, kind, 0),
         );
         if b.is_empty() {
             return Ok(());
         }
-        self.send(b.seal())
+        self.send(b.seal_shuffled())
     }
 
     fn send(&self, pack: FinishedPack) -> Result<()> {

@@ -384,7 +384,7 @@ impl Session {
     /// Encodes and stores a directory's tree.
     fn put_tree(&self, entries: Vec<Entry>) -> Result<BlobId> {
         let bytes = Tree { entries }.encode();
-        let id = BlobId::of(&bytes);
+        let id = self.crypt.blob_id(&bytes);
         self.put_blob(PackKind::Meta, id, &bytes)?;
         Ok(id)
     }
@@ -852,7 +852,7 @@ impl Session {
             let mut got = 0u64;
             let mut sink = |c: &[u8]| -> Result<()> {
                 got += c.len() as u64;
-                let id = BlobId::of(c);
+                let id = self.crypt.blob_id(c);
                 self.put_blob(PackKind::Data, id, c)?;
                 extents.push(Extent::Chunk {
                     id,
@@ -864,9 +864,15 @@ impl Session {
             if len <= u64::from(self.chunker.max) {
                 let mut buf = Vec::with_capacity(len as usize);
                 (&mut *f).take(len).read_to_end(&mut buf).map_err(io)?;
-                chunk_slice(&self.chunker, &buf, &mut sink)?;
+                chunk_slice(&self.chunker, self.crypt.chunker_seed(), &buf, &mut sink)?;
             } else {
-                chunk_reader(&self.chunker, (&mut *f).take(len), &mut sink).map_err(|e| match e {
+                chunk_reader(
+                    &self.chunker,
+                    self.crypt.chunker_seed(),
+                    (&mut *f).take(len),
+                    &mut sink,
+                )
+                .map_err(|e| match e {
                     ChunkReadError::Read(source) => io(source),
                     ChunkReadError::Sink(e) => e,
                 })?;

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cairn_formats::{pack_key, BlobId, PackEntry, PackId, PackKind};
+use cairn_formats::{pack_key, PackEntry, PackId, PackKind};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use rustix::fs::OFlags;
 
@@ -52,6 +52,8 @@ pub(super) struct Sink {
     pub inodes: Vec<AtomicU64>,
     /// Files finished (content and metadata), with their `fstat` after it.
     pub done: Mutex<Vec<(usize, Stat)>>,
+    /// How the repository's blobs are named and sealed.
+    pub crypt: crate::keys::Crypt,
 }
 
 impl Sink {
@@ -62,6 +64,7 @@ impl Sink {
         root: Arc<Dir>,
         target: PathBuf,
         as_root: bool,
+        crypt: crate::keys::Crypt,
     ) -> Sink {
         let remaining: Vec<AtomicU32> = (0..plan.files.len()).map(|_| AtomicU32::new(0)).collect();
         for needs in plan.needs.values() {
@@ -76,6 +79,7 @@ impl Sink {
         }
         let inodes = (0..plan.files.len()).map(|_| AtomicU64::new(0)).collect();
         Sink {
+            crypt,
             plan,
             root,
             target,
@@ -150,7 +154,7 @@ pub(super) fn copy_local(
     let mut buf = Vec::new();
     for n in needs {
         buf.resize(n.len as usize, 0);
-        if f.file.read_exact_at(&mut buf, n.from).is_err() || BlobId::of(&buf) != n.id {
+        if f.file.read_exact_at(&mut buf, n.from).is_err() || sink.crypt.blob_id(&buf) != n.id {
             failed.push(n);
             continue;
         }
@@ -206,6 +210,7 @@ fn write_run(sink: &Sink, key: &str, run: &Run, data: &[u8], progress: &Progress
         let start = (e.offset - run.range.start) as usize;
         let stored = &data[start..start + e.stored_len as usize];
         let raw = decode_blob(
+            &sink.crypt,
             || format!("blob {} in {key}", e.id.short()),
             &e.id,
             stored,

@@ -349,6 +349,7 @@ async fn write_content(
         root.clone(),
         target.to_path_buf(),
         as_root,
+        repo.crypt().clone(),
     ));
     let max_read = repo.store().read_size();
     let budget = Arc::new(Budget::new());

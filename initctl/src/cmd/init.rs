@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use cairn_engine::formats::{ChunkerParams, PackTargets};
-use cairn_engine::{open_store, InitOptions, Repo};
+use cairn_engine::{open_store, InitOptions, NewKey, Repo};
 use clap::Args;
 
 use crate::{exit, output, Global};
@@ -19,6 +19,10 @@ pub struct InitArgs {
     /// Data pack target size in bytes.
     #[arg(long, env = "CAIRN_PACK_SIZE")]
     pack_size: Option<u32>,
+    /// Create an unencrypted (format version 1) repository: anyone who can read the store reads
+    /// every workspace in it, and can tell whether a given file is stored by hashing it.
+    #[arg(long)]
+    plaintext: bool,
 }
 
 pub async fn run(g: &Global, a: InitArgs) -> Result<u8> {
@@ -40,6 +44,19 @@ pub async fn run(g: &Global, a: InitArgs) -> Result<u8> {
         data,
         meta: PackTargets::default().meta.min(data),
     });
+    let key = match (a.plaintext, g.keys().file) {
+        (true, Some(f)) => anyhow::bail!(
+            "--plaintext and a key file ({}) together: choose one; nothing was created",
+            f.display()
+        ),
+        (true, None) => None,
+        (false, Some(f)) => Some(NewKey::File(f)),
+        (false, None) => anyhow::bail!(
+            "init creates an encrypted repository: give a key file with --key-file or CAIRN_KEY_FILE \
+             (at least 32 random bytes, e.g. `head -c 32 /dev/urandom > cairn.key`; keep a copy, \
+             the data cannot be read without it), or pass --plaintext for an unencrypted one"
+        ),
+    };
     let store = open_store(&g.store).await?;
     let repo = Repo::init(
         store.clone(),
@@ -47,6 +64,7 @@ pub async fn run(g: &Global, a: InitArgs) -> Result<u8> {
             chunker,
             zstd_level: a.zstd_level,
             packs,
+            key,
         },
     )
     .await?;
@@ -58,9 +76,19 @@ pub async fn run(g: &Global, a: InitArgs) -> Result<u8> {
             "chunker": { "min": c.chunker.min, "avg": c.chunker.avg, "max": c.chunker.max },
             "zstd_level": c.compression.zstd_level,
             "pack_size": c.packs.data,
+            "encrypted": repo.is_encrypted(),
+            "format_version": c.version(),
         }));
     } else if !g.quiet {
-        println!("created repository {} at {}", c.id, store.location());
+        if repo.is_encrypted() {
+            println!("created encrypted repository {} at {}", c.id, store.location());
+        } else {
+            println!(
+                "created repository {} at {}, NOT encrypted: anyone who can read the store can read it",
+                c.id,
+                store.location()
+            );
+        }
     }
     Ok(exit::OK)
 }

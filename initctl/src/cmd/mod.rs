@@ -9,6 +9,7 @@ pub mod fork;
 pub mod gc;
 pub mod heartbeats;
 pub mod init;
+pub mod key;
 pub mod restore;
 pub mod snapshots;
 pub mod stats;
@@ -23,7 +24,7 @@ use crate::Global;
 /// Opens the repository named by `--store`.
 pub async fn open(g: &Global) -> Result<Repo> {
     let store = open_store(&g.store).await?;
-    Ok(Repo::open(store).await?)
+    Ok(Repo::open_with(store, &g.keys()).await?)
 }
 
 /// The cache directory: `--cache-dir`, else the default.

@@ -88,6 +88,7 @@ pub async fn run(g: &Global, a: RestoreArgs) -> Result<u8> {
     let listing = a.snapshot == "latest" && !a.wait_previous.is_zero() && a.include.is_empty();
     let (repo, first_heartbeats) = Repo::open_waiting_and(
         &g.store,
+        &g.keys(),
         Some(a.store_wait),
         |e, delay| {
             if !g.quiet && !g.json {

@@ -16,6 +16,12 @@ pub struct SnapshotsArgs {
 pub async fn run(g: &Global, a: SnapshotsArgs) -> Result<u8> {
     let repo = super::open(g).await?;
     let list = repo.snapshots(a.workspace.as_deref()).await?;
+    if !repo.is_encrypted() {
+        eprintln!(
+            "warning: {} is not encrypted (format version 1): anyone who can read the store reads these snapshots",
+            repo.store().location()
+        );
+    }
     if g.json {
         let v: Vec<_> = list
             .iter()

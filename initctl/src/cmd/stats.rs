@@ -16,6 +16,17 @@ pub async fn run(g: &Global, _a: StatsArgs) -> Result<u8> {
         output::json(&serde_json::to_value(&s).context("report")?);
         return Ok(exit::OK);
     }
+    if s.encrypted {
+        println!(
+            "format        version {}, encrypted (AES-256-GCM, keyed ids)",
+            s.format_version
+        );
+    } else {
+        println!(
+            "format        version {}, NOT encrypted: anyone who can read the store reads every workspace",
+            s.format_version
+        );
+    }
     println!(
         "stored        {} ({} data packs, {} metadata packs, {} index records, {} compacted index objects)",
         output::bytes(s.stored_bytes),

@@ -1,0 +1,190 @@
+//! Key objects: creating, finding and unwrapping the wrappings of a repository's root key.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use cairn_formats::{key_object_key, FileKek, KeyObject, KeyWrap, RepoId, RootKey, Timestamp, KEYS_PREFIX};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::store::{PutMode, Store};
+use crate::{Error, Result};
+
+/// The environment variable naming the key file (a mounted Kubernetes Secret, say).
+pub const KEY_FILE_ENV: &str = "CAIRN_KEY_FILE";
+
+/// Where the key that opens an encrypted repository comes from.
+#[derive(Clone, Debug, Default)]
+pub struct KeySource {
+    /// A key file: at least 32 random bytes.
+    pub file: Option<PathBuf>,
+}
+
+impl KeySource {
+    /// `CAIRN_KEY_FILE`, if set and not empty. The variable holds a path, never a key.
+    pub fn from_env() -> KeySource {
+        KeySource {
+            file: std::env::var_os(KEY_FILE_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+        }
+    }
+
+    /// A key file.
+    pub fn file(path: impl Into<PathBuf>) -> KeySource {
+        KeySource {
+            file: Some(path.into()),
+        }
+    }
+
+    /// Whether no key is given at all.
+    pub fn is_empty(&self) -> bool {
+        self.file.is_none()
+    }
+}
+
+/// A new wrapping of the root key, for `init` and `key add`.
+#[derive(Clone, Debug)]
+pub enum NewKey {
+    /// A key file: at least 32 random bytes.
+    File(PathBuf),
+}
+
+/// A key object, as listed (never the key itself).
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyInfo {
+    /// The key object's id, 32 hex digits.
+    pub id: String,
+    /// How it wraps the root key: `file`, or `aws-kms:<key>`.
+    pub wrap: String,
+    /// When it was added, Unix seconds (the adder's clock).
+    pub created: i64,
+    /// The host that added it.
+    pub host: String,
+    /// Whether it is the one this process opened the repository with.
+    pub current: bool,
+}
+
+impl KeyInfo {
+    fn of(k: &KeyObject, current: Option<&[u8; 16]>) -> KeyInfo {
+        KeyInfo {
+            id: hex::encode(k.id),
+            wrap: match &k.wrap {
+                KeyWrap::File => "file".to_string(),
+                KeyWrap::AwsKms { key } => format!("aws-kms:{key}"),
+            },
+            created: k.created.secs,
+            host: k.host.clone(),
+            current: current == Some(&k.id),
+        }
+    }
+}
+
+fn read_kek(path: &Path) -> Result<FileKek> {
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| {
+        Error::Invalid(format!(
+            "key file {}: {e}; {KEY_FILE_ENV} (or --key-file) must name a readable file of at least 32 random bytes",
+            path.display()
+        ))
+    })?);
+    FileKek::from_file_bytes(&bytes).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// Wraps `root` as a new key object of repository `repo` (config stored as `config_bytes`) and
+/// writes it, create-only.
+pub(crate) async fn create_key_object(
+    store: &dyn Store,
+    repo: RepoId,
+    config_bytes: &[u8],
+    root: &RootKey,
+    new: &NewKey,
+) -> Result<KeyObject> {
+    let id: [u8; 16] = rand::random();
+    let binding = KeyObject::binding(repo, &id, config_bytes);
+    let (wrap, wrapped) = match new {
+        NewKey::File(path) => (KeyWrap::File, read_kek(path)?.wrap(root, &binding)),
+    };
+    let obj = KeyObject {
+        id,
+        created: Timestamp::now(),
+        host: crate::hostname(),
+        wrap,
+        wrapped,
+    };
+    store
+        .put(&key_object_key(&id), Bytes::from(obj.encode()), PutMode::Create)
+        .await?;
+    Ok(obj)
+}
+
+/// Every key object of the repository, decoded; one that does not decode is an error naming it.
+pub(crate) async fn key_objects(store: &dyn Store) -> Result<Vec<KeyObject>> {
+    let listed = store.list(KEYS_PREFIX).await?;
+    stream::iter(listed)
+        .map(|o| async move {
+            let got = store.get(&o.key).await?;
+            let k = KeyObject::decode(&got.data).map_err(|e| Error::format(&o.key, e))?;
+            if key_object_key(&k.id) != o.key {
+                return Err(Error::Corrupt {
+                    object: o.key.clone(),
+                    detail: "the key object's id does not match its name".into(),
+                });
+            }
+            Ok(k)
+        })
+        .buffer_unordered(crate::repo::READ_CONCURRENCY)
+        .try_collect()
+        .await
+}
+
+/// Finds a key object `src` opens and unwraps the root key with it.
+///
+/// # Errors
+/// [`Error::Invalid`] naming the repository and what to give when no key is given, the key file is
+/// unusable, or it opens none of the key objects.
+pub(crate) async fn unlock(
+    store: &dyn Store,
+    repo: RepoId,
+    config_bytes: &[u8],
+    src: &KeySource,
+) -> Result<(RootKey, [u8; 16])> {
+    let Some(path) = &src.file else {
+        return Err(Error::Invalid(format!(
+            "{}: the repository is encrypted; give its key with {KEY_FILE_ENV}=<key file> (or --key-file)",
+            store.location()
+        )));
+    };
+    let kek = read_kek(path)?;
+    let objects = key_objects(store).await?;
+    for k in &objects {
+        if k.wrap == KeyWrap::File {
+            if let Some(root) = kek.unwrap(&KeyObject::binding(repo, &k.id, config_bytes), &k.wrapped) {
+                return Ok((root, k.id));
+            }
+        }
+    }
+    Err(Error::Invalid(format!(
+        "{}: the key file {} opens none of the repository's {} key(s) (`initctl key list` shows them); \
+         it is the wrong key, or the repository config was replaced; nothing was changed",
+        store.location(),
+        path.display(),
+        objects.len()
+    )))
+}
+
+/// Lists the key objects; `current` marks the one in use.
+pub(crate) async fn list(store: &dyn Store, current: Option<&[u8; 16]>) -> Result<Vec<KeyInfo>> {
+    let mut v: Vec<KeyInfo> = key_objects(store)
+        .await?
+        .iter()
+        .map(|k| KeyInfo::of(k, current))
+        .collect();
+    v.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+    Ok(v)
+}
+
+/// Describes a key object for `key add`'s answer.
+pub(crate) fn info(k: &KeyObject, current: Option<&[u8; 16]>) -> KeyInfo {
+    KeyInfo::of(k, current)
+}
