@@ -370,11 +370,17 @@ fn hooks_get_no_store_credentials_and_are_killed_with_their_children_past_their_
         pod.path("hooks/child.pid"),
     );
     let id_out = pod.path("hooks/id");
+    use std::os::unix::fs::PermissionsExt;
+    // The repository's key file as a pod mounts its Secret: root's, mode 0400.
+    let secret = pod.path("secret.key");
+    std::fs::copy(test_key(), &secret).expect("copy the key file");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o400)).expect("chmod");
     let pre = format!(
-        "env > {env}; id -u > {id}; cat /proc/1/environ /proc/$PPID/environ >> {id} 2>&1; \
+        "env > {env}; id -u > {id}; cat /proc/1/environ /proc/$PPID/environ {secret} >> {id} 2>&1; \
          if [ -e {flag} ]; then sleep 600 & echo $! > {pid}; wait; fi",
         env = env_out.display(),
         id = id_out.display(),
+        secret = secret.display(),
         flag = flag.display(),
         pid = pid.display()
     );
@@ -387,6 +393,7 @@ fn hooks_get_no_store_credentials_and_are_killed_with_their_children_past_their_
             ("AWS_SECRET_ACCESS_KEY", "store-secret-sentinel"),
             ("GOOGLE_APPLICATION_CREDENTIALS", "/secret/sentinel.json"),
             ("PGPASSWORD", "hook-may-see-this"),
+            ("CAIRN_KEY_FILE", secret.to_str().expect("utf-8")),
         ],
     );
     let o = pod.flush();
@@ -396,7 +403,10 @@ fn hooks_get_no_store_credentials_and_are_killed_with_their_children_past_their_
         !env.contains("sentinel"),
         "a store credential reached the hook: {env}"
     );
-    assert!(!env.contains("CAIRN_STORE"), "{env}");
+    assert!(
+        !env.contains("CAIRN_STORE") && !env.contains("CAIRN_KEY_FILE"),
+        "{env}"
+    );
     assert!(env.contains("PGPASSWORD=hook-may-see-this"), "{env}");
     assert!(env.contains("CAIRN_HOOK=pre"), "{env}");
     // As nobody, without the sidecar's privileges: its environment is not readable either.
@@ -406,6 +416,12 @@ fn hooks_get_no_store_credentials_and_are_killed_with_their_children_past_their_
         !id.contains("sentinel"),
         "the hook read the sidecar's environment: {id}"
     );
+    let secrets = [
+        std::fs::read(test_key()).expect("key file"),
+        crate::encryption::root_key_of(Path::new(&pod.store()), test_key()),
+    ];
+    crate::encryption::assert_no_key_material("the hook", id.as_bytes(), &secrets);
+    crate::encryption::assert_no_key_material("the hook's environment", env.as_bytes(), &secrets);
 
     // A hook that hangs, with a child in the background: the checkpoint fails at the timeout, and
     // the child dies with the hook.
@@ -437,8 +453,13 @@ fn hooks_get_no_store_credentials_and_are_killed_with_their_children_past_their_
         std::thread::sleep(Duration::from_millis(50));
     }
     std::fs::remove_file(&flag).expect("rm");
+    let metrics = pod.metrics();
     let o = pod.stop(rustix::process::Signal::TERM);
     assert!(o.status.success(), "{}", stderr(&o));
+    let mut out = o.stdout.clone();
+    out.extend_from_slice(&o.stderr);
+    out.extend_from_slice(metrics.as_bytes());
+    crate::encryption::assert_no_key_material("the sidecar's logs and metrics", &out, &secrets);
 }
 
 #[test]

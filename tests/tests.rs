@@ -23,6 +23,7 @@ mod browse;
 mod cli;
 mod cloud;
 mod corpus;
+mod encryption;
 mod gc;
 mod hostile;
 mod incremental;

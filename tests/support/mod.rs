@@ -521,7 +521,12 @@ pub fn initctl(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.env("CAIRN_KEY_FILE", test_key());
     cmd.args(args);
     for (k, v) in env {
-        cmd.env(k, v);
+        // An empty value means "unset", as a pod spec without the variable.
+        if v.is_empty() {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
     }
     cmd.output().expect("run initctl")
 }
