@@ -19,7 +19,7 @@ else
 fi
 export CAIRN_STORE=$work/store CAIRN_CACHE_DIR=$work/cache CAIRN_WORKSPACE=demo
 # The repository is encrypted; its key file is 32 random bytes (in a pod: a mounted Secret).
-head -c 32 /dev/urandom >"$work/cairn.key"
+(umask 077 && head -c 32 /dev/urandom >"$work/cairn.key")
 export CAIRN_KEY_FILE=$work/cairn.key
 set -x
 "$bin" init

@@ -220,6 +220,11 @@ fn unreadable_source_file_exits_3_and_names_it() {
         assert!(st.success());
         // The build may live under a home directory the unprivileged user cannot enter.
         let bin = c.path("initctl");
+        // The key file as a Secret mounted for that user: theirs, 0400.
+        let key = c.path("nobody.key");
+        std::fs::copy(test_key(), &key).expect("copy the key file");
+        std::os::unix::fs::chown(&key, Some(65534), Some(65534)).expect("chown");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o400)).expect("chmod");
         std::fs::copy(initctl_path(), &bin).expect("copy initctl");
         std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
         let o = std::process::Command::new("setpriv")
@@ -227,7 +232,7 @@ fn unreadable_source_file_exits_3_and_names_it() {
             .arg(&bin)
             .args(["backup", "--workspace", "w", &src_s])
             .env("CAIRN_STORE", c.store())
-            .env("CAIRN_KEY_FILE", test_key())
+            .env("CAIRN_KEY_FILE", &key)
             .env("CAIRN_CACHE_DIR", c.path("nobody-cache"))
             .env("HOME", c.dir.path())
             .output()

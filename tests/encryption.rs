@@ -213,20 +213,35 @@ fn a_flipped_byte_in_each_kind_of_object_is_named_and_changes_nothing_stored() {
     write(&c.path("src/dir/sub/c"), b"small");
     let src = c.path("src").display().to_string();
     c.ok(&["backup", "-w", "w", &src]);
+    // GC writes its state (and the compacted index): sealed like everything else.
+    c.ok(&["gc"]);
     let pristine = store_objects(Path::new(&c.store()));
-    let kinds = [
-        ("packs/data/", "blob"),
-        ("packs/meta/", "packs/meta/"),
-        ("index/records/", "index/records/"),
-        ("snapshots/w/", "snapshots/w/"),
-        ("heads/w", "heads/w"),
-        ("keys/", "key"),
-        ("config", "config"),
+    let restore_and_check: &[&str] = &["restore", "check"];
+    let kinds: [(&str, &str, &[&str]); 9] = [
+        ("packs/data/", "blob", restore_and_check),
+        ("packs/meta/", "packs/meta/", restore_and_check),
+        ("index/records/", "index/records/", restore_and_check),
+        ("snapshots/w/", "snapshots/w/", restore_and_check),
+        ("heads/w", "heads/w", restore_and_check),
+        ("keys/", "key", restore_and_check),
+        ("config", "config", restore_and_check),
+        ("gc/state", "gc/state", &["backup", "gc"]),
+        ("index/compact/", "index/compact/", &["backup"]),
     ];
-    for (i, (prefix, named)) in kinds.iter().enumerate() {
+    for (i, (prefix, named, commands)) in kinds.iter().enumerate() {
         let store = c.path(&format!("tampered-{i}"));
         copy_store(&c.store(), &store);
-        let key = first_key(&pristine, prefix);
+        // For packs the largest, so that its middle is in a blob a restore reads, not a trailer.
+        let key = if prefix.starts_with("packs/") {
+            pristine
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .max_by_key(|(_, v)| v.len())
+                .map(|(k, _)| k.clone())
+                .expect("a pack")
+        } else {
+            first_key(&pristine, prefix)
+        };
         let path = store.join(&key);
         let mut bytes = std::fs::read(&path).expect("read");
         let at = bytes.len() / 2;
@@ -240,11 +255,31 @@ fn a_flipped_byte_in_each_kind_of_object_is_named_and_changes_nothing_stored() {
             ("CAIRN_CACHE_DIR", cache.as_str()),
         ];
         let out = c.path(&format!("out-{i}")).display().to_string();
-        let restore = initctl(&["restore", "-w", "w", &out], &env);
-        let check = initctl(&["check", "--read-data"], &env);
-        for (what, o) in [("restore", &restore), ("check", &check)] {
-            if what == "restore" && *prefix == "packs/meta/" && o.status.success() {
+        // A second source, so that a backup has new data to deduplicate through the index.
+        write(&c.path("src2/a.bin"), &random_bytes(1, 3 << 20));
+        let src2 = c.path("src2").display().to_string();
+        for what in commands.iter() {
+            let o = match *what {
+                "restore" => initctl(&["restore", "-w", "w", &out], &env),
+                "check" => initctl(&["check", "--read-data"], &env),
+                "backup" => initctl(&["backup", "-w", "w2", &src2], &env),
+                _ => initctl(&["gc"], &env),
+            };
+            let o = &o;
+            if *what == "restore" && *prefix == "packs/meta/" && o.status.success() {
                 // The flip fell in the trailer, which a restore does not read; check does.
+                continue;
+            }
+            if *prefix == "index/compact/" {
+                // The compacted index only saves uploads: a segment that does not open is named
+                // in a warning and the backup goes on without it (storing what it would have
+                // deduplicated).
+                assert!(o.status.success(), "{}", stderr(o));
+                assert!(
+                    stderr(o).contains(named) && stderr(o).contains("unusable"),
+                    "{}",
+                    stderr(o)
+                );
                 continue;
             }
             assert_ne!(code(o), 0, "{what} after flipping {key} succeeded");
@@ -255,12 +290,77 @@ fn a_flipped_byte_in_each_kind_of_object_is_named_and_changes_nothing_stored() {
             );
             assert!(!err.contains("panicked"), "{err}");
         }
-        assert_eq!(
-            store_objects(&store),
-            before,
-            "a command changed the store after {key} was flipped"
-        );
+        if !commands.contains(&"backup") {
+            assert_eq!(
+                store_objects(&store),
+                before,
+                "a command changed the store after {key} was flipped"
+            );
+        } else {
+            // A refused backup may leave packs (reused by the next one, or collected), never a
+            // snapshot or a head, and changes nothing that was there.
+            let after = store_objects(&store);
+            assert!(
+                *prefix == "index/compact/"
+                    || !after
+                        .keys()
+                        .any(|k| k.starts_with("snapshots/w2/") || k.starts_with("heads/w2")),
+                "a backup committed after {key} was flipped"
+            );
+            for (k, v) in &before {
+                assert_eq!(after.get(k), Some(v), "{k} changed after {key} was flipped");
+            }
+        }
     }
+}
+
+#[test]
+fn planted_key_objects_and_heartbeats_lock_no_one_out_and_state_is_sealed() {
+    let c = Cli::new();
+    c.ok(&["init"]);
+    write(&c.path("src/f"), b"data");
+    let src = c.path("src").display().to_string();
+    c.ok(&["backup", "-w", "w", &src]);
+    c.ok(&["gc"]);
+    let store = Path::new(&c.store()).to_path_buf();
+    // gc/state is sealed: none of its JSON is readable.
+    let state = std::fs::read(store.join("gc/state")).expect("gc/state");
+    for word in [&b"generation"[..], b"condemned", b"compact"] {
+        assert!(!contains(&state, word), "gc/state is readable");
+    }
+    write(
+        &store.join("keys/00000000000000000000000000000000"),
+        b"garbage, not a key object",
+    );
+    write(&store.join("heartbeats/w/evil-pod"), b"{\"state\": \"running\"}");
+    let o = c.run(&["snapshots"]);
+    assert!(
+        o.status.success(),
+        "a planted key object locked the repository: {}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("keys/00000000000000000000000000000000"),
+        "{}",
+        stderr(&o)
+    );
+    let out = c.path("out").display().to_string();
+    let (s, cache) = (c.store(), c.cache());
+    let o = initctl(
+        &["restore", "-w", "w", &out],
+        &[
+            ("CAIRN_STORE", &s),
+            ("CAIRN_CACHE_DIR", &cache),
+            ("CAIRN_WAIT_PREVIOUS", "30s"),
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "a planted heartbeat stopped the restore: {}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("heartbeat skipped"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(c.path("out/f")).expect("restored"), b"data");
 }
 
 #[test]
@@ -516,4 +616,94 @@ fn keys_never_reach_output_or_json() {
     let root = root_key_of(Path::new(&c.store()), test_key());
     let file = std::fs::read(test_key()).expect("key file");
     assert_no_key_material("initctl", &all, &[root, file]);
+}
+
+#[test]
+fn aws_kms_wraps_the_key_and_a_refusing_or_unreachable_kms_is_a_clear_error() {
+    use crate::support::servers::*;
+    let kms_key = create_kms_key(s3_server());
+    let bucket = bucket_name();
+    create_bucket(s3_server(), &bucket);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("s3://{bucket}/t/tenant-k");
+    let cache = dir.path().join("cache").display().to_string();
+    let mut env: Vec<(&str, String)> = s3_env();
+    env.extend([
+        ("CAIRN_STORE", url.clone()),
+        ("CAIRN_CACHE_DIR", cache),
+        ("CAIRN_KEY_FILE", String::new()),
+    ]);
+    let run = |args: &[&str], extra: &[(&str, String)]| {
+        let all: Vec<(&str, &str)> = env.iter().chain(extra).map(|(k, v)| (*k, v.as_str())).collect();
+        initctl(args, &all)
+    };
+    let o = run(&["init", "--kms-key", &kms_key], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let src = dir.path().join("src");
+    write(&src.join("f"), b"wrapped by KMS");
+    let src_s = src.display().to_string();
+    // No key file anywhere: the process's AWS identity opens it through kms:Decrypt.
+    let o = run(&["backup", "-w", "w", &src_s], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["--json", "key", "list"], &[]);
+    let keys: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["wrap"], format!("aws-kms:{kms_key}"));
+    let out = dir.path().join("out").display().to_string();
+    let o = run(&["restore", "-w", "w", &out], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(dir.path().join("out/f")).expect("restored"),
+        b"wrapped by KMS"
+    );
+
+    // A KMS that refuses this identity (moto checking credentials it does not know): one error
+    // naming the key and the right needed; nothing written.
+    let listed = || {
+        let o = run(&["--json", "stats"], &[]);
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).expect("json")["objects"].clone()
+    };
+    let before = listed();
+    let refusing = [("AWS_ENDPOINT_URL_KMS", s3_auth_server().endpoint())];
+    let o = run(&["backup", "-w", "w", &src_s], &refusing);
+    assert_ne!(code(&o), 0, "a refused kms:Decrypt opened the repository");
+    assert!(
+        stderr(&o).contains("refused") && stderr(&o).contains("kms:Decrypt") && stderr(&o).contains(&kms_key),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !stderr(&o).contains("cairn-test-secret"),
+        "a credential was printed"
+    );
+    // An unreachable KMS: a retryable failure, said as such.
+    let closed = [(
+        "AWS_ENDPOINT_URL_KMS",
+        format!("http://127.0.0.1:{}", free_port()),
+    )];
+    let o = run(&["snapshots"], &closed);
+    assert_ne!(code(&o), 0);
+    assert!(stderr(&o).contains("did not answer"), "{}", stderr(&o));
+    assert_eq!(listed(), before, "a refused open changed the store");
+
+    // A key file added beside the KMS wrapping opens it without KMS, as a break-glass key.
+    let kf = key_file(dir.path(), "ops.key", 7).display().to_string();
+    let o = run(&["key", "add", "--new-key-file", &kf], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(
+        &[
+            "restore",
+            "-w",
+            "w",
+            &dir.path().join("out2").display().to_string(),
+        ],
+        &[
+            ("CAIRN_KEY_FILE", kf.clone()),
+            (
+                "AWS_ENDPOINT_URL_KMS",
+                format!("http://127.0.0.1:{}", free_port()),
+            ),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
 }

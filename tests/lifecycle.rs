@@ -460,6 +460,29 @@ fn hooks_get_no_store_credentials_and_are_killed_with_their_children_past_their_
     out.extend_from_slice(&o.stderr);
     out.extend_from_slice(metrics.as_bytes());
     crate::encryption::assert_no_key_material("the sidecar's logs and metrics", &out, &secrets);
+    // Its heartbeat is sealed: the bucket does not say what the pod is doing.
+    let beats = walk(&pod.dir.path().join("store/heartbeats"));
+    assert!(!beats.is_empty(), "no heartbeat written");
+    for b in beats {
+        let bytes = std::fs::read(&b).expect("heartbeat");
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("\"state\""),
+            "{} is readable",
+            b.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
 }
 
 #[test]

@@ -81,10 +81,11 @@ impl GcState {
     ///
     /// # Errors
     /// Store errors; [`Error::Corrupt`] if it does not parse.
-    pub async fn read(store: &dyn Store) -> Result<(GcState, Option<Version>)> {
-        match store.get(GC_STATE_KEY).await {
+    pub async fn read(repo: &Repo) -> Result<(GcState, Option<Version>)> {
+        match repo.store().get(GC_STATE_KEY).await {
             Ok(g) => {
-                let s: GcState = serde_json::from_slice(&g.data).map_err(|e| Error::Corrupt {
+                let json = repo.crypt().open_json(GC_STATE_KEY, "gc state", &g.data)?;
+                let s: GcState = serde_json::from_slice(&json).map_err(|e| Error::Corrupt {
                     object: GC_STATE_KEY.into(),
                     detail: e.to_string(),
                 })?;
@@ -287,7 +288,7 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
     // timestamp can never make an object look older than it is.
     let protect = i64::try_from(opts.protect.as_secs() + u64::from(opts.protect.subsec_nanos() > 0))
         .unwrap_or(i64::MAX);
-    let (state, state_version) = GcState::read(store).await?;
+    let (state, state_version) = GcState::read(repo).await?;
 
     // Mark. Listing the objects first and the references second means an object written after
     // the listing is simply not seen (and young), never mistaken for garbage.
@@ -569,7 +570,10 @@ async fn collect(repo: &Repo, opts: &GcOptions, now: i64, lease: &Version) -> Re
         rewrite,
         rewritten,
     };
-    let body = Bytes::from(serde_json::to_vec(&new_state).map_err(|e| Error::Invalid(e.to_string()))?);
+    let body = Bytes::from(repo.crypt().seal_json(
+        GC_STATE_KEY,
+        serde_json::to_vec(&new_state).map_err(|e| Error::Invalid(e.to_string()))?,
+    ));
     let mode = state_version.map_or(PutMode::Create, PutMode::Update);
     match store.put(GC_STATE_KEY, body, mode).await {
         Ok(_) => {}
@@ -663,8 +667,8 @@ impl GcView {
     ///
     /// # Errors
     /// As [`GcState::read`].
-    pub async fn read(store: &dyn Store) -> Result<GcView> {
-        let (s, _) = GcState::read(store).await?;
+    pub async fn read(repo: &Repo) -> Result<GcView> {
+        let (s, _) = GcState::read(repo).await?;
         Ok(GcView {
             generation: s.generation,
             packs: s.condemned_packs(),
@@ -680,7 +684,7 @@ impl GcView {
 /// # Errors
 /// Store and index errors.
 pub(crate) async fn sync_generation(repo: &Repo, index: &crate::index::LocalIndex) -> Result<GcView> {
-    let view = GcView::read(repo.store().as_ref()).await?;
+    let view = GcView::read(repo).await?;
     if index.gc_generation()? != view.generation {
         index.reset_locations(view.generation)?;
     }

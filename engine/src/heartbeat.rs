@@ -4,7 +4,8 @@
 //! Each object is written only by the pod named in its key, by compare-and-swap on the version it
 //! wrote last (create the first time); a pod that restarts with the same name takes the object
 //! over after one read. Heartbeats are operational state, not backup data: JSON, outside the
-//! versioned format, and never read by backup or restore.
+//! versioned format (sealed like every object in an encrypted repository), never read by backup;
+//! a restore reads them to wait for a previous pod, and skips one that does not open or parse.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -101,8 +102,12 @@ impl HeartbeatWriter {
     ///
     /// # Errors
     /// Store errors.
-    pub async fn beat(&self, store: &dyn Store, hb: &Heartbeat) -> Result<()> {
-        let data = Bytes::from(serde_json::to_vec(hb).map_err(|e| Error::Invalid(e.to_string()))?);
+    pub async fn beat(&self, repo: &Repo, hb: &Heartbeat) -> Result<()> {
+        let store = repo.store().as_ref();
+        let data = Bytes::from(repo.crypt().seal_json(
+            &self.key,
+            serde_json::to_vec(hb).map_err(|e| Error::Invalid(e.to_string()))?,
+        ));
         let mut version = self.version.lock().await;
         for _ in 0..2 {
             let mode = version.clone().map_or(PutMode::Create, PutMode::Update);
@@ -128,20 +133,47 @@ impl HeartbeatWriter {
     }
 }
 
-/// Every heartbeat in the repository (of one workspace if given), by key.
+/// Every heartbeat in the repository (of one workspace if given), by key. One that does not open or
+/// parse (damaged, or planted by someone who may write the bucket) is skipped with a warning, so
+/// it cannot stop a restore.
 ///
 /// # Errors
-/// Store errors; a heartbeat that does not parse is [`Error::Corrupt`].
+/// Store errors.
 pub async fn heartbeats(repo: &Repo, workspace: Option<&str>) -> Result<Vec<Heartbeat>> {
-    heartbeats_in(repo.store(), workspace).await
+    let raw = heartbeat_objects(repo.store(), workspace).await?;
+    Ok(heartbeats_from(repo, raw))
 }
 
-/// [`heartbeats`] from a store not opened as a repository yet (so the listing can share a round
-/// trip with reading the repository's config).
+/// Decodes heartbeat objects read by [`heartbeat_objects`], as [`heartbeats`] does.
+pub fn heartbeats_from(repo: &Repo, raw: Vec<(String, Bytes)>) -> Vec<Heartbeat> {
+    raw.into_iter()
+        .filter_map(|(key, data)| {
+            let parsed = repo.crypt().open_json(&key, "heartbeat", &data).and_then(|json| {
+                serde_json::from_slice::<Heartbeat>(&json).map_err(|e| Error::Corrupt {
+                    object: key.clone(),
+                    detail: e.to_string(),
+                })
+            });
+            match parsed {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "heartbeat skipped");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// The heartbeat objects of a store not opened as a repository yet (so the listing can share a
+/// round trip with reading the repository's config), undecoded: [`heartbeats_from`] opens them.
 ///
 /// # Errors
-/// As [`heartbeats`].
-pub async fn heartbeats_in(store: &Arc<dyn Store>, workspace: Option<&str>) -> Result<Vec<Heartbeat>> {
+/// Store errors.
+pub async fn heartbeat_objects(
+    store: &Arc<dyn Store>,
+    workspace: Option<&str>,
+) -> Result<Vec<(String, Bytes)>> {
     let prefix = match workspace {
         Some(ws) => format!("{HEARTBEATS_PREFIX}{ws}/"),
         None => HEARTBEATS_PREFIX.to_string(),
@@ -153,10 +185,7 @@ pub async fn heartbeats_in(store: &Arc<dyn Store>, workspace: Option<&str>) -> R
             Err(Error::NotFound { .. }) => continue,
             Err(e) => return Err(e),
         };
-        out.push(serde_json::from_slice(&got.data).map_err(|e| Error::Corrupt {
-            object: o.key.clone(),
-            detail: e.to_string(),
-        })?);
+        out.push((o.key.clone(), got.data));
     }
     Ok(out)
 }

@@ -61,8 +61,8 @@ pub use forget::{forget, forget_workspace, Decision, ForgetReport, KeepPolicy};
 pub use fork::{fork, ForkReport};
 pub use gc::{gc, Condemned, GcOptions, GcReport, GcState, GcView, GC_LEASE_KEY, GC_STATE_KEY};
 pub use heartbeat::{
-    heartbeat_key, heartbeats, heartbeats_in, pod_host, unix_now, Heartbeat, HeartbeatWriter,
-    HEARTBEATS_PREFIX,
+    heartbeat_key, heartbeat_objects, heartbeats, heartbeats_from, pod_host, unix_now, Heartbeat,
+    HeartbeatWriter, HEARTBEATS_PREFIX,
 };
 pub use index::{BlobLocation, LocalIndex, PackInfo, StatEntry};
 pub use keys::{Crypt, KeyInfo, KeySource, NewKey, KEY_FILE_ENV};

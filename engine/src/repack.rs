@@ -48,7 +48,7 @@ impl Repo {
             return Ok(Some(m.clone()));
         }
         for attempt in 0..2 {
-            let (state, _) = crate::gc::GcState::read(self.store().as_ref()).await?;
+            let (state, _) = crate::gc::GcState::read(self).await?;
             let Some(set) = state.compact.filter(|s| s.moves > 0) else {
                 return Ok(None);
             };

@@ -88,7 +88,7 @@ pub async fn stats(repo: &Repo) -> Result<RepoStats> {
     } else {
         s.logical_bytes as f64 / s.stored_bytes as f64
     };
-    let (gc, _) = GcState::read(store.as_ref()).await?;
+    let (gc, _) = GcState::read(repo).await?;
     s.condemned = gc.condemned.len() as u64;
     s.condemned_bytes = gc.condemned.iter().map(|c| c.size).sum();
     s.encrypted = repo.is_encrypted();

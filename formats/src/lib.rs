@@ -45,7 +45,7 @@ pub use keys::{
 pub use pack::{
     Codec, PackEntry, PackKind, PackTrailer, PACK_FOOTER_LEN, PACK_HEADER_LEN, PACK_MAGIC, PACK_MAGIC_V2,
 };
-pub use seal::{FileKek, RepoKeys, RootKey, MIN_KEY_FILE_LEN, SALT_LEN, SEAL_OVERHEAD, TAG_LEN};
+pub use seal::{FileKek, RepoKeys, RootKey, MIN_KEY_FILE_LEN, SALT_LEN, SEAL_OVERHEAD, STATE_KIND, TAG_LEN};
 pub use segment::{
     shard_of, shard_of_bytes, IndexSegment, MoveEntry, MovePiece, MoveTable, PackMove, SegmentBlob,
     SegmentPack, MAX_SHARD_BITS,

@@ -640,6 +640,18 @@ fn golden_v2_config_and_key() {
         )
         .is_none());
     assert!(FileKek::from_file_bytes(b"short\n").is_err());
+    // 32 random bytes that end in a newline are a key of 32 bytes, not 31.
+    let mut binary = [0x5a; 32];
+    binary[31] = b'\n';
+    assert!(FileKek::from_file_bytes(&binary).is_ok());
+    let with_newline = FileKek::from_file_bytes(V2_KEY_FILE).expect("text key");
+    let without = FileKek::from_file_bytes(&V2_KEY_FILE[..32]).expect("same key without newline");
+    let b = KeyObject::binding(sample_config().id, &k.id, &c);
+    let wrapped = with_newline.wrap(&v2_root(), &b);
+    assert!(
+        without.unwrap(&b, &wrapped).is_some(),
+        "a trailing newline changed the key"
+    );
 }
 
 #[test]

@@ -293,7 +293,7 @@ impl Daemon {
             last_success: last.map(|l| l.1),
             interval: Some(self.args.heartbeat_interval.as_secs().max(1)),
         };
-        if let Err(e) = writer.beat(repo.store().as_ref(), &hb).await {
+        if let Err(e) = writer.beat(repo, &hb).await {
             tracing::warn!(error = %e, "heartbeat not written");
         }
     }

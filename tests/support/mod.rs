@@ -35,6 +35,7 @@ pub fn test_key() -> &'static Path {
     KEY.get_or_init(|| {
         let path = std::env::temp_dir().join(format!("cairn-test-key-{}", std::process::id()));
         std::fs::write(&path, random_bytes(std::process::id().into(), 32)).expect("write the test key file");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
         path
     })
 }

@@ -197,3 +197,31 @@ pub fn s3_env() -> Vec<(&'static str, String)> {
         ("AWS_EC2_METADATA_DISABLED", "true".into()),
     ]
 }
+
+/// Creates a symmetric key in moto's KMS (the S3 server serves every moto service) and returns its
+/// id. The request carries a SigV4-shaped authorization header only so moto routes it to KMS; the
+/// plain server checks no signature.
+pub fn create_kms_key(server: &Server) -> String {
+    let body = br#"{"Description":"cairn test key"}"#;
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/x-amz-json-1.1\r\n\
+         X-Amz-Target: TrentService.CreateKey\r\nX-Amz-Date: 20261201T000000Z\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=cairn-test/20261201/us-east-1/kms/aws4_request, \
+         SignedHeaders=host, Signature=00\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len(),
+        port = server.port
+    )
+    .expect("write");
+    s.write_all(body).expect("write body");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let json = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("CreateKey: {e}: {resp}"));
+    v["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("CreateKey: {resp}"))
+        .to_string()
+}

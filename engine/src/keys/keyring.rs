@@ -49,6 +49,8 @@ impl KeySource {
 pub enum NewKey {
     /// A key file: at least 32 random bytes.
     File(PathBuf),
+    /// An AWS KMS key (id, ARN or alias): the root key is wrapped by `kms:Encrypt`.
+    AwsKms(String),
 }
 
 /// A key object, as listed (never the key itself).
@@ -82,6 +84,17 @@ impl KeyInfo {
 }
 
 fn read_kek(path: &Path) -> Result<FileKek> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(md) = std::fs::metadata(path) {
+        if md.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", md.permissions().mode() & 0o777),
+                "the key file is readable by others (hooks run as nobody could read it): make it 0400 \
+                 (`chmod 0400`, or `defaultMode: 0400` on a Kubernetes Secret volume)"
+            );
+        }
+    }
     let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| {
         Error::Invalid(format!(
             "key file {}: {e}; {KEY_FILE_ENV} (or --key-file) must name a readable file of at least 32 random bytes",
@@ -104,6 +117,10 @@ pub(crate) async fn create_key_object(
     let binding = KeyObject::binding(repo, &id, config_bytes);
     let (wrap, wrapped) = match new {
         NewKey::File(path) => (KeyWrap::File, read_kek(path)?.wrap(root, &binding)),
+        NewKey::AwsKms(key) => (
+            KeyWrap::AwsKms { key: key.clone() },
+            super::kms::wrap(key, repo, &id, config_bytes, root).await?,
+        ),
     };
     let obj = KeyObject {
         id,
@@ -118,24 +135,34 @@ pub(crate) async fn create_key_object(
     Ok(obj)
 }
 
-/// Every key object of the repository, decoded; one that does not decode is an error naming it.
+/// Every key object of the repository, decoded. One that does not decode, or whose id is not its
+/// name, is skipped with a warning naming it: whoever may create objects could plant one, and it
+/// must not lock everyone out.
 pub(crate) async fn key_objects(store: &dyn Store) -> Result<Vec<KeyObject>> {
     let listed = store.list(KEYS_PREFIX).await?;
-    stream::iter(listed)
+    let got: Vec<Option<KeyObject>> = stream::iter(listed)
         .map(|o| async move {
-            let got = store.get(&o.key).await?;
-            let k = KeyObject::decode(&got.data).map_err(|e| Error::format(&o.key, e))?;
-            if key_object_key(&k.id) != o.key {
-                return Err(Error::Corrupt {
-                    object: o.key.clone(),
-                    detail: "the key object's id does not match its name".into(),
-                });
+            let got = match store.get(&o.key).await {
+                Ok(g) => g,
+                Err(Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            match KeyObject::decode(&got.data) {
+                Ok(k) if key_object_key(&k.id) == o.key => Ok(Some(k)),
+                Ok(_) => {
+                    tracing::warn!(object = %o.key, "key object skipped: its id does not match its name");
+                    Ok(None)
+                }
+                Err(e) => {
+                    tracing::warn!(object = %o.key, error = %e, "key object skipped: it does not decode");
+                    Ok(None)
+                }
             }
-            Ok(k)
         })
         .buffer_unordered(crate::repo::READ_CONCURRENCY)
         .try_collect()
-        .await
+        .await?;
+    Ok(got.into_iter().flatten().collect())
 }
 
 /// Finds a key object `src` opens and unwraps the root key with it.
@@ -149,28 +176,42 @@ pub(crate) async fn unlock(
     config_bytes: &[u8],
     src: &KeySource,
 ) -> Result<(RootKey, [u8; 16])> {
-    let Some(path) = &src.file else {
-        return Err(Error::Invalid(format!(
-            "{}: the repository is encrypted; give its key with {KEY_FILE_ENV}=<key file> (or --key-file)",
-            store.location()
-        )));
-    };
-    let kek = read_kek(path)?;
     let objects = key_objects(store).await?;
+    if let Some(path) = &src.file {
+        let kek = read_kek(path)?;
+        for k in &objects {
+            if k.wrap == KeyWrap::File {
+                if let Some(root) = kek.unwrap(&KeyObject::binding(repo, &k.id, config_bytes), &k.wrapped) {
+                    return Ok((root, k.id));
+                }
+            }
+        }
+        return Err(Error::Invalid(format!(
+            "{}: the key file {} opens none of the repository's {} key(s) (`initctl key list` shows them); \
+             it is the wrong key, or the repository config was replaced; nothing was changed",
+            store.location(),
+            path.display(),
+            objects.len()
+        )));
+    }
+    // No key file: the KMS wrappings, through the process's AWS credentials (IRSA, Pod Identity).
+    let mut refused = None;
     for k in &objects {
-        if k.wrap == KeyWrap::File {
-            if let Some(root) = kek.unwrap(&KeyObject::binding(repo, &k.id, config_bytes), &k.wrapped) {
-                return Ok((root, k.id));
+        if let KeyWrap::AwsKms { key } = &k.wrap {
+            match super::kms::unwrap(key, repo, &k.id, config_bytes, &k.wrapped).await {
+                Ok(root) => return Ok((root, k.id)),
+                // Another KMS wrapping may be one this identity may use.
+                Err(e) => refused = Some(e),
             }
         }
     }
-    Err(Error::Invalid(format!(
-        "{}: the key file {} opens none of the repository's {} key(s) (`initctl key list` shows them); \
-         it is the wrong key, or the repository config was replaced; nothing was changed",
-        store.location(),
-        path.display(),
-        objects.len()
-    )))
+    Err(refused.unwrap_or_else(|| {
+        Error::Invalid(format!(
+            "{}: the repository is encrypted; give its key with {KEY_FILE_ENV}=<key file> (or --key-file), \
+             or add an AWS KMS wrapping (`initctl key add --kms-key`) for this identity",
+            store.location()
+        ))
+    }))
 }
 
 /// Lists the key objects; `current` marks the one in use.

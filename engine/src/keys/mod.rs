@@ -7,6 +7,7 @@
 //! this process only inside zeroizing buffers, and is never printed (its `Debug` says so).
 
 mod keyring;
+mod kms;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -65,6 +66,29 @@ impl Crypt {
         }
     }
 
+    /// Seals a JSON document of operational state stored at `key` (`gc/state`, a heartbeat);
+    /// plaintext repositories store the JSON as is.
+    pub fn seal_json(&self, key: &str, json: Vec<u8>) -> Vec<u8> {
+        match &self.0 {
+            Some(k) => k.seal_state(key, &json),
+            None => json,
+        }
+    }
+
+    /// Opens what [`Crypt::seal_json`] stored at `key`.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming `key` if it does not open.
+    pub fn open_json<'a>(&self, key: &str, what: &'static str, stored: &'a [u8]) -> Result<Cow<'a, [u8]>> {
+        match &self.0 {
+            Some(k) => k
+                .open_state(what, key, stored)
+                .map(Cow::Owned)
+                .map_err(|e| sealed_error(key, e)),
+            None => Ok(Cow::Borrowed(stored)),
+        }
+    }
+
     /// Opens a stored object read from `key` (bound to `binding`) into its encoding.
     ///
     /// # Errors
@@ -78,6 +102,19 @@ impl Crypt {
         stored: &'a [u8],
     ) -> Result<Cow<'a, [u8]>> {
         match &self.0 {
+            Some(_)
+                if stored.len() >= 8
+                    && &stored[..5] == b"CAIRN"
+                    && stored[6..8] == PLAIN_VERSION.to_le_bytes() =>
+            {
+                Err(Error::Corrupt {
+                    object: key.to_string(),
+                    detail: format!(
+                        "{what}: a plaintext (version 1) object in an encrypted repository: planted or \
+                         damaged, never written by Cairn; run `initctl check`"
+                    ),
+                })
+            }
             Some(k) => k
                 .open_object(what, binding, stored)
                 .map(Cow::Owned)
@@ -89,7 +126,10 @@ impl Crypt {
                 {
                     return Err(Error::Corrupt {
                         object: key.to_string(),
-                        detail: format!("{what}: a sealed (version 2) object in a plaintext repository"),
+                        detail: format!(
+                            "{what}: a sealed (version 2) object in a plaintext repository: planted or \
+                             damaged, never written by Cairn; run `initctl check`"
+                        ),
                     });
                 }
                 Ok(Cow::Borrowed(stored))

@@ -23,6 +23,10 @@ pub struct InitArgs {
     /// every workspace in it, and can tell whether a given file is stored by hashing it.
     #[arg(long)]
     plaintext: bool,
+    /// Wrap the new repository's key with this AWS KMS key (id, ARN or alias) instead of a key
+    /// file: pods then open it with their role's kms:Decrypt, no key file needed.
+    #[arg(long, env = "CAIRN_KMS_KEY")]
+    kms_key: Option<String>,
 }
 
 pub async fn run(g: &Global, a: InitArgs) -> Result<u8> {
@@ -44,17 +48,27 @@ pub async fn run(g: &Global, a: InitArgs) -> Result<u8> {
         data,
         meta: PackTargets::default().meta.min(data),
     });
-    let key = match (a.plaintext, g.keys().file) {
-        (true, Some(f)) => anyhow::bail!(
+    let key = match (a.plaintext, g.keys().file, a.kms_key.clone()) {
+        (true, Some(f), _) => anyhow::bail!(
             "--plaintext and a key file ({}) together: choose one; nothing was created",
             f.display()
         ),
-        (true, None) => None,
-        (false, Some(f)) => Some(NewKey::File(f)),
-        (false, None) => anyhow::bail!(
+        (true, None, Some(_)) => {
+            anyhow::bail!("--plaintext and --kms-key together: choose one; nothing was created")
+        }
+        (true, None, None) => None,
+        (false, Some(f), Some(_)) => anyhow::bail!(
+            "a key file ({}) and --kms-key together: init with one, then `initctl key add` the other; \
+             nothing was created",
+            f.display()
+        ),
+        (false, None, Some(k)) => Some(NewKey::AwsKms(k)),
+        (false, Some(f), None) => Some(NewKey::File(f)),
+        (false, None, None) => anyhow::bail!(
             "init creates an encrypted repository: give a key file with --key-file or CAIRN_KEY_FILE \
              (at least 32 random bytes, e.g. `head -c 32 /dev/urandom > cairn.key`; keep a copy, \
-             the data cannot be read without it), or pass --plaintext for an unencrypted one"
+             the data cannot be read without it), or --kms-key for an AWS KMS key, or pass --plaintext \
+             for an unencrypted one"
         ),
     };
     let store = open_store(&g.store).await?;

@@ -16,11 +16,15 @@ use crate::{exit, output, Global};
 pub enum KeyCommand {
     /// List the key objects (never the keys).
     List,
-    /// Add a wrapping of the root key under another key file (rotation: add, switch, remove).
+    /// Add a wrapping of the root key under another key file or an AWS KMS key (rotation: add,
+    /// switch, remove).
     Add {
         /// The new key file: at least 32 random bytes.
+        #[arg(long, required_unless_present = "kms_key", conflicts_with = "kms_key")]
+        new_key_file: Option<PathBuf>,
+        /// An AWS KMS key (id, ARN or alias) to wrap the root key with.
         #[arg(long)]
-        new_key_file: PathBuf,
+        kms_key: Option<String>,
     },
     /// Remove a key object by id (or a unique prefix of it); not the one in use.
     Remove {
@@ -62,8 +66,16 @@ pub async fn run(g: &Global, c: KeyCommand) -> Result<u8> {
                 }
             }
         }
-        KeyCommand::Add { new_key_file } => {
-            let k = repo.key_add(&g.keys(), &NewKey::File(new_key_file)).await?;
+        KeyCommand::Add {
+            new_key_file,
+            kms_key,
+        } => {
+            let new = match (new_key_file, kms_key) {
+                (Some(f), _) => NewKey::File(f),
+                (None, Some(k)) => NewKey::AwsKms(k),
+                (None, None) => anyhow::bail!("key add: give --new-key-file or --kms-key"),
+            };
+            let k = repo.key_add(&g.keys(), &new).await?;
             if g.json {
                 output::json(&serde_json::to_value(&k)?);
             } else if !g.quiet {

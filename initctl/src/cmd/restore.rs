@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use cairn_engine::formats::{Manifest, SnapshotId};
 use cairn_engine::{
-    backup, heartbeats, heartbeats_in, inspect, local_changes, unix_now, BackupOptions, Heartbeat,
-    LocalChanges, Progress, Repo, RestoreMarker, RestoreOptions, VolumeState,
+    backup, heartbeat_objects, heartbeats, heartbeats_from, inspect, local_changes, unix_now, BackupOptions,
+    Heartbeat, LocalChanges, Progress, Repo, RestoreMarker, RestoreOptions, VolumeState,
 };
 use clap::builder::BoolishValueParser;
 use clap::{Args, ValueEnum};
@@ -101,7 +101,7 @@ pub async fn run(g: &Global, a: RestoreArgs) -> Result<u8> {
                 if !listing {
                     return Ok(None);
                 }
-                Ok(Some(heartbeats_in(&store, Some(&ws)).await?))
+                Ok(Some(heartbeat_objects(&store, Some(&ws)).await?))
             }
         },
     )
@@ -124,6 +124,7 @@ pub async fn run(g: &Global, a: RestoreArgs) -> Result<u8> {
         return Ok(exit::OK);
     }
     let mut out = Reconcile::default();
+    let first_heartbeats = first_heartbeats.map(|raw| heartbeats_from(&repo, raw));
     wait_for_previous(g, &a, &repo, first_heartbeats, &mut out).await?;
     let head = repo.head(&a.workspace).await?.map(|(h, _)| h.snapshot);
     match inspect(&a.target)? {
