@@ -707,3 +707,74 @@ fn aws_kms_wraps_the_key_and_a_refusing_or_unreachable_kms_is_a_clear_error() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn gc_and_stats_run_per_tenant_across_a_bucket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let parent = dir.path().join("bucket/t");
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).expect("mkdir");
+    for (i, tenant) in ["acme", "globex", "initech"].iter().enumerate() {
+        let store = parent.join(tenant).display().to_string();
+        let key = key_file(&keys, tenant, 40 + i as u64).display().to_string();
+        let env = [("CAIRN_STORE", store.as_str()), ("CAIRN_KEY_FILE", key.as_str())];
+        let o = initctl(&["init"], &env);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let src = dir.path().join(format!("src-{tenant}"));
+        write(&src.join("f"), tenant.as_bytes());
+        let cache = dir.path().join(format!("cache-{tenant}")).display().to_string();
+        let o = initctl(
+            &["backup", "-w", "w", &src.display().to_string()],
+            &[env[0], env[1], ("CAIRN_CACHE_DIR", cache.as_str())],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let parent_s = parent.display().to_string();
+    let keys_s = keys.display().to_string();
+    let o = initctl(
+        &["--json", "stats", "--tenants", "--key-dir", &keys_s],
+        &[("CAIRN_STORE", &parent_s)],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let names: Vec<&str> = v["tenants"]
+        .as_array()
+        .expect("tenants")
+        .iter()
+        .map(|t| t["tenant"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["acme", "globex", "initech"]);
+    assert_eq!(v["total"]["snapshots"], 3);
+    let o = initctl(
+        &["--json", "gc", "--tenants", "--key-dir", &keys_s],
+        &[("CAIRN_STORE", &parent_s)],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(v["tenants"].as_array().expect("tenants").len(), 3);
+    assert!(
+        v["tenants"]
+            .as_array()
+            .expect("tenants")
+            .iter()
+            .all(|t| t["error"].is_null()),
+        "{v}"
+    );
+    // A tenant whose key is missing is named and fails the run; the others are still collected.
+    std::fs::remove_file(keys.join("globex")).expect("rm");
+    let o = initctl(
+        &["gc", "--tenants", "--key-dir", &keys_s],
+        &[("CAIRN_STORE", &parent_s)],
+    );
+    assert_ne!(code(&o), 0);
+    assert!(
+        stderr(&o).contains("tenant globex") && stderr(&o).contains("encrypted"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("acme:") && stderr(&o).contains("initech:"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -70,7 +70,9 @@ pub use meta::{is_root, no_core_dumps, raise_fd_limit};
 pub use pack::{FinishedPack, PackBuilder};
 pub use progress::{Progress, ProgressSnapshot};
 pub use repack::RepackReport;
-pub use repo::{default_cache_dir, IndexHandle, InitOptions, Locations, Repo, SnapshotInfo};
+pub use repo::{
+    default_cache_dir, tenant_repositories, IndexHandle, InitOptions, Locations, Repo, SnapshotInfo,
+};
 pub use restore::{restore, restore_with_trees, RestoreOptions, RestoreReport};
 pub use stats::{stats, RepoStats};
 pub use store::{

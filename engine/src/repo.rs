@@ -676,6 +676,31 @@ impl Locations {
     }
 }
 
+/// The tenants' repositories directly below `url` (a bucket prefix such as `s3://bucket/t`, or a
+/// directory): each `<url>/<tenant>` that holds a `config`, as `(tenant, url)`, sorted by tenant.
+///
+/// # Errors
+/// Store errors; [`Error::Invalid`] for a bad URL.
+pub async fn tenant_repositories(url: &str) -> Result<Vec<(String, String)>> {
+    let store = crate::store::open_store(url).await?;
+    let mut out: Vec<(String, String)> = store
+        .list("")
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            let tenant = o.key.strip_suffix(&format!("/{CONFIG_KEY}"))?;
+            (!tenant.is_empty() && !tenant.contains('/')).then(|| {
+                (
+                    tenant.to_string(),
+                    format!("{}/{tenant}", url.trim_end_matches('/')),
+                )
+            })
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 /// The cache directory: `$CAIRN_CACHE_DIR`, else `$XDG_CACHE_HOME/cairn`, else `~/.cache/cairn`,
 /// else a `cairn-cache` directory in the system temp dir.
 pub fn default_cache_dir() -> PathBuf {

@@ -35,11 +35,60 @@ pub struct GcArgs {
     /// Report what would be condemned and deleted; change nothing.
     #[arg(long, short = 'n')]
     dry_run: bool,
+    /// Collect in every tenant's repository below --store (`<store>/<tenant>`), one after another;
+    /// each keeps its own state, lease and index.
+    #[arg(long)]
+    tenants: bool,
+    /// With --tenants: the directory of the tenants' key files, one named by each tenant (a
+    /// Secret mounted as a directory); a tenant without one is opened through KMS.
+    #[arg(long, env = "CAIRN_KEY_DIR")]
+    key_dir: Option<std::path::PathBuf>,
 }
 
 pub async fn run(g: &Global, a: GcArgs) -> Result<u8> {
+    if a.tenants {
+        let mut failed = false;
+        let mut all = Vec::new();
+        for (tenant, repo) in super::tenants(g, a.key_dir.as_deref()).await? {
+            let r = match repo {
+                Ok(repo) => gc(&repo, &options(&a)).await.map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(r) => {
+                    if !g.json && !g.quiet {
+                        eprintln!(
+                            "{tenant}: condemned {} objects ({}), deleted {} records and {} packs ({}) in {:.2}s",
+                            r.condemned,
+                            output::bytes(r.condemned_bytes),
+                            r.deleted_records,
+                            r.deleted_packs,
+                            output::bytes(r.deleted_bytes),
+                            r.elapsed.as_secs_f64()
+                        );
+                    }
+                    all.push(serde_json::json!({ "tenant": tenant, "report": r }));
+                }
+                Err(e) => {
+                    failed = true;
+                    eprintln!("initctl: gc of tenant {tenant}: {e:#}");
+                    all.push(serde_json::json!({ "tenant": tenant, "error": format!("{e:#}") }));
+                }
+            }
+        }
+        if g.json {
+            output::json(&serde_json::json!({ "tenants": all }));
+        }
+        return Ok(if failed { exit::FAILED } else { exit::OK });
+    }
     let repo = super::open(g).await?;
-    let opts = GcOptions {
+    let r = gc(&repo, &options(&a)).await.context("gc")?;
+    print(g, &a, &r)?;
+    Ok(exit::OK)
+}
+
+fn options(a: &GcArgs) -> GcOptions {
+    GcOptions {
         protect: a.protect,
         dry_run: a.dry_run,
         holder: format!("{}:{}", super::hostname(), std::process::id()),
@@ -47,8 +96,10 @@ pub async fn run(g: &Global, a: GcArgs) -> Result<u8> {
         repack: !a.no_repack,
         repack_below: a.repack_below,
         max_unused: a.max_unused / 100.0,
-    };
-    let r = gc(&repo, &opts).await.context("gc")?;
+    }
+}
+
+fn print(g: &Global, a: &GcArgs, r: &cairn_engine::GcReport) -> Result<()> {
     if g.json {
         output::json(&serde_json::to_value(&r).context("report")?);
     } else if !g.quiet {
@@ -81,7 +132,7 @@ pub async fn run(g: &Global, a: GcArgs) -> Result<u8> {
             r.elapsed.as_secs_f64()
         );
     }
-    Ok(exit::OK)
+    Ok(())
 }
 
 /// A percentage, 0-100 (a trailing `%` is allowed).

@@ -27,6 +27,27 @@ pub async fn open(g: &Global) -> Result<Repo> {
     Ok(Repo::open_with(store, &g.keys()).await?)
 }
 
+/// With `--tenants`: every tenant repository below `--store` (`<store>/<tenant>/config`), each
+/// opened with its key file `<key_dir>/<tenant>` if there is one, else through KMS.
+pub async fn tenants(g: &Global, key_dir: Option<&std::path::Path>) -> Result<Vec<(String, Result<Repo>)>> {
+    let mut out = Vec::new();
+    for (tenant, url) in cairn_engine::tenant_repositories(&g.store).await? {
+        let keys = cairn_engine::KeySource {
+            file: key_dir.map(|d| d.join(&tenant)).filter(|p| p.exists()),
+        };
+        let repo = async { Ok(Repo::open_with(open_store(&url).await?, &keys).await?) }.await;
+        out.push((tenant, repo));
+    }
+    if out.is_empty() {
+        anyhow::bail!(
+            "{}: no tenant repositories below it (looked for <store>/<tenant>/config); --tenants takes the \
+             prefix that holds them, e.g. s3://bucket/t",
+            g.store
+        );
+    }
+    Ok(out)
+}
+
 /// The cache directory: `--cache-dir`, else the default.
 pub fn cache_dir(g: &Global) -> PathBuf {
     g.cache_dir.clone().unwrap_or_else(default_cache_dir)
