@@ -101,7 +101,7 @@ fn options(a: &GcArgs) -> GcOptions {
 
 fn print(g: &Global, a: &GcArgs, r: &cairn_engine::GcReport) -> Result<()> {
     if g.json {
-        output::json(&serde_json::to_value(&r).context("report")?);
+        output::json(&serde_json::to_value(r).context("report")?);
     } else if !g.quiet {
         let verb = if a.dry_run { "would delete" } else { "deleted" };
         eprintln!(
