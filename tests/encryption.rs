@@ -188,6 +188,17 @@ fn a_reader_of_two_tenants_finds_no_shared_id_and_no_trace_of_a_file() {
     }
 }
 
+/// An encrypted repository (the test key) with one snapshot of workspace `w`: a directory holding
+/// the file `f`. Returns the CLI and the source directory.
+fn one_file_backed_up(content: &[u8]) -> (Cli, String) {
+    let c = Cli::new();
+    c.ok(&["init"]);
+    write(&c.path("src/f"), content);
+    let src = c.path("src").display().to_string();
+    c.ok(&["backup", "-w", "w", &src]);
+    (c, src)
+}
+
 fn tokio_rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -316,11 +327,7 @@ fn a_flipped_byte_in_each_kind_of_object_is_named_and_changes_nothing_stored() {
 
 #[test]
 fn planted_key_objects_and_heartbeats_lock_no_one_out_and_state_is_sealed() {
-    let c = Cli::new();
-    c.ok(&["init"]);
-    write(&c.path("src/f"), b"data");
-    let src = c.path("src").display().to_string();
-    c.ok(&["backup", "-w", "w", &src]);
+    let (c, _) = one_file_backed_up(b"data");
     c.ok(&["gc"]);
     let store = Path::new(&c.store()).to_path_buf();
     // gc/state is sealed: none of its JSON is readable.
@@ -426,11 +433,7 @@ fn objects_moved_or_copied_in_from_another_tenant_do_not_open() {
 
 #[test]
 fn wrong_missing_and_rotated_keys() {
-    let c = Cli::new();
-    c.ok(&["init"]);
-    write(&c.path("src/f"), b"kept through a key rotation");
-    let src = c.path("src").display().to_string();
-    c.ok(&["backup", "-w", "w", &src]);
+    let (c, src) = one_file_backed_up(b"kept through a key rotation");
     let pristine = store_objects(Path::new(&c.store()));
     let (store, cache) = (c.store(), c.cache());
     let with_key = |key: &str, args: &[&str]| {

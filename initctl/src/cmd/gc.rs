@@ -35,51 +35,34 @@ pub struct GcArgs {
     /// Report what would be condemned and deleted; change nothing.
     #[arg(long, short = 'n')]
     dry_run: bool,
-    /// Collect in every tenant's repository below --store (`<store>/<tenant>`), one after another;
-    /// each keeps its own state, lease and index.
-    #[arg(long)]
-    tenants: bool,
-    /// With --tenants: the directory of the tenants' key files, one named by each tenant (a
-    /// Secret mounted as a directory); a tenant without one is opened through KMS.
-    #[arg(long, env = "CAIRN_KEY_DIR")]
-    key_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tenants: super::TenantArgs,
 }
 
 pub async fn run(g: &Global, a: GcArgs) -> Result<u8> {
-    if a.tenants {
-        let mut failed = false;
-        let mut all = Vec::new();
-        for (tenant, repo) in super::tenants(g, a.key_dir.as_deref()).await? {
-            let r = match repo {
-                Ok(repo) => gc(&repo, &options(&a)).await.map_err(anyhow::Error::from),
-                Err(e) => Err(e),
-            };
-            match r {
-                Ok(r) => {
-                    if !g.json && !g.quiet {
-                        eprintln!(
-                            "{tenant}: condemned {} objects ({}), deleted {} records and {} packs ({}) in {:.2}s",
-                            r.condemned,
-                            output::bytes(r.condemned_bytes),
-                            r.deleted_records,
-                            r.deleted_packs,
-                            output::bytes(r.deleted_bytes),
-                            r.elapsed.as_secs_f64()
-                        );
-                    }
-                    all.push(serde_json::json!({ "tenant": tenant, "report": r }));
-                }
-                Err(e) => {
-                    failed = true;
-                    eprintln!("initctl: gc of tenant {tenant}: {e:#}");
-                    all.push(serde_json::json!({ "tenant": tenant, "error": format!("{e:#}") }));
-                }
+    if a.tenants.tenants {
+        let opts = options(&a);
+        let run = super::each_tenant(g, &a.tenants, "gc", "report", |repo| {
+            let opts = opts.clone();
+            async move { Ok(gc(&repo, &opts).await?) }
+        })
+        .await?;
+        if g.json {
+            output::json(&serde_json::json!({ "tenants": run.json }));
+        } else if !g.quiet {
+            for (tenant, r) in &run.ok {
+                eprintln!(
+                    "{tenant}: condemned {} objects ({}), deleted {} records and {} packs ({}) in {:.2}s",
+                    r.condemned,
+                    output::bytes(r.condemned_bytes),
+                    r.deleted_records,
+                    r.deleted_packs,
+                    output::bytes(r.deleted_bytes),
+                    r.elapsed.as_secs_f64()
+                );
             }
         }
-        if g.json {
-            output::json(&serde_json::json!({ "tenants": all }));
-        }
-        return Ok(if failed { exit::FAILED } else { exit::OK });
+        return Ok(if run.failed { exit::FAILED } else { exit::OK });
     }
     let repo = super::open(g).await?;
     let r = gc(&repo, &options(&a)).await.context("gc")?;

@@ -8,64 +8,46 @@ use crate::{exit, output, Global};
 /// Repository statistics.
 #[derive(Args, Debug)]
 pub struct StatsArgs {
-    /// Statistics of every tenant's repository below --store (`<store>/<tenant>`), and their sum.
-    #[arg(long)]
-    tenants: bool,
-    /// With --tenants: the directory of the tenants' key files, one named by each tenant; a tenant
-    /// without one is opened through KMS.
-    #[arg(long, env = "CAIRN_KEY_DIR")]
-    key_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tenants: super::TenantArgs,
 }
 
 pub async fn run(g: &Global, a: StatsArgs) -> Result<u8> {
-    if a.tenants {
-        let mut failed = false;
-        let (mut stored, mut logical, mut snapshots, mut objects) = (0u64, 0u64, 0u64, 0u64);
-        let mut all = Vec::new();
-        for (tenant, repo) in super::tenants(g, a.key_dir.as_deref()).await? {
-            let r = match repo {
-                Ok(repo) => cairn_engine::stats(&repo).await.map_err(anyhow::Error::from),
-                Err(e) => Err(e),
-            };
-            match r {
-                Ok(s) => {
-                    stored += s.stored_bytes;
-                    logical += s.logical_bytes;
-                    snapshots += s.snapshots;
-                    objects += s.objects;
-                    if !g.json {
-                        println!(
-                            "{tenant:<24} stored {:>10}  logical {:>10}  {:>6} snapshots  {:>8} objects  {}",
-                            output::bytes(s.stored_bytes),
-                            output::bytes(s.logical_bytes),
-                            s.snapshots,
-                            s.objects,
-                            if s.encrypted { "encrypted" } else { "NOT encrypted" }
-                        );
-                    }
-                    all.push(serde_json::json!({ "tenant": tenant, "stats": s }));
-                }
-                Err(e) => {
-                    failed = true;
-                    eprintln!("initctl: stats of tenant {tenant}: {e:#}");
-                    all.push(serde_json::json!({ "tenant": tenant, "error": format!("{e:#}") }));
-                }
-            }
-        }
+    if a.tenants.tenants {
+        let run = super::each_tenant(g, &a.tenants, "stats", "stats", |repo| async move {
+            Ok(cairn_engine::stats(&repo).await?)
+        })
+        .await?;
+        let sum = |f: fn(&cairn_engine::RepoStats) -> u64| run.ok.iter().map(|(_, s)| f(s)).sum::<u64>();
+        let (stored, logical) = (sum(|s| s.stored_bytes), sum(|s| s.logical_bytes));
+        let (snapshots, objects) = (sum(|s| s.snapshots), sum(|s| s.objects));
         if g.json {
             output::json(&serde_json::json!({
-                "tenants": all,
+                "tenants": run.json,
                 "total": { "stored_bytes": stored, "logical_bytes": logical, "snapshots": snapshots, "objects": objects },
             }));
         } else {
-            println!(
-                "{:<24} stored {:>10}  logical {:>10}  {snapshots:>6} snapshots  {objects:>8} objects",
-                "total",
-                output::bytes(stored),
-                output::bytes(logical)
-            );
+            let line = |name: &str, stored: u64, logical: u64, snapshots: u64, objects: u64, note: &str| {
+                println!(
+                    "{name:<24} stored {:>10}  logical {:>10}  {snapshots:>6} snapshots  {objects:>8} objects  {note}",
+                    output::bytes(stored),
+                    output::bytes(logical)
+                );
+            };
+            for (tenant, s) in &run.ok {
+                let note = if s.encrypted { "encrypted" } else { "NOT encrypted" };
+                line(
+                    tenant,
+                    s.stored_bytes,
+                    s.logical_bytes,
+                    s.snapshots,
+                    s.objects,
+                    note,
+                );
+            }
+            line("total", stored, logical, snapshots, objects, "");
         }
-        return Ok(if failed { exit::FAILED } else { exit::OK });
+        return Ok(if run.failed { exit::FAILED } else { exit::OK });
     }
     let repo = super::open(g).await?;
     let s = cairn_engine::stats(&repo).await.context("stats")?;
