@@ -3,7 +3,7 @@
 //! every checkpoint restores to a database that starts and passes its own checks. Also: the
 //! freeze is released whatever dies, and a volume that is not its own file system is read live.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -273,13 +273,7 @@ async fn the_pre_pass_reads_a_sessions_output_live_and_the_freeze_copies_only_wh
         }
         let restored = t.scratch(&format!("restored-{round}"));
         t.restore("pre", Some(&r.snapshot), &restored).await;
-        for (p, body) in &files {
-            let rel = p.strip_prefix(&fs.mount).expect("below the mount");
-            assert!(
-                std::fs::read(restored.join(rel)).expect("restored file") == *body,
-                "{rel:?} differs"
-            );
-        }
+        assert_restored(&restored, &fs.mount, &files);
         let copy = std::fs::read(restored.join("hot.bin")).expect("the hot file is in the checkpoint");
         assert_eq!(copy.len(), 256 * 1024);
         assert!(
@@ -413,13 +407,7 @@ async fn an_idle_workspace_found_unchanged_is_not_frozen_and_a_change_after_it_i
     assert_eq!(r.consistency.freezes, 1, "{:?}", r.consistency);
     let out = t.scratch("restored");
     t.restore("idle", Some(&r.snapshot), &out).await;
-    for (p, body) in &burst {
-        let rel = p.strip_prefix(&fs.mount).expect("below the mount");
-        assert!(
-            std::fs::read(out.join(rel)).expect("restored") == *body,
-            "{rel:?} differs"
-        );
-    }
+    assert_restored(&out, &fs.mount, &burst);
     let mut want = random_bytes(3, 1 << 20);
     want[4096] = b'!';
     assert!(std::fs::read(out.join("r0/f3.bin")).expect("restored") == want);
@@ -689,4 +677,16 @@ async fn a_sidecar_killed_while_frozen_is_thawed_by_its_guard_or_by_its_next_sta
         b"after the thaw"
     );
     assert_eq!(std::fs::read(out.join("work.txt")).expect("work"), b"agent work");
+}
+
+/// Asserts that `restored` holds each of `files` (paths below `mount`, with their bytes) byte for
+/// byte.
+fn assert_restored(restored: &Path, mount: &Path, files: &[(PathBuf, Vec<u8>)]) {
+    for (p, body) in files {
+        let rel = p.strip_prefix(mount).expect("below the mount");
+        assert!(
+            std::fs::read(restored.join(rel)).expect("restored file") == *body,
+            "{rel:?} differs"
+        );
+    }
 }

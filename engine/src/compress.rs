@@ -92,14 +92,11 @@ pub fn decode_blob<'a>(
         object: object(),
         detail,
     };
-    let opened;
     let stored = match crypt.keys() {
-        Some(k) => {
-            opened = k
-                .open_blob(id, codec, raw_len, stored)
-                .map_err(|e| corrupt(format!("blob {}: {e}", id.short())))?;
-            Cow::Owned(opened)
-        }
+        Some(k) => Cow::Owned(
+            k.open_blob(id, codec, raw_len, stored)
+                .map_err(|e| corrupt(format!("blob {}: {e}", id.short())))?,
+        ),
         None => Cow::Borrowed(stored),
     };
     let raw = match codec {

@@ -57,11 +57,9 @@ pub async fn fork(
     repo.store()
         .put_immutable(&snapshot_key(to, &id), Bytes::from(bytes))
         .await?;
-    let head = Bytes::from(
-        repo.crypt()
-            .seal(&head_key(to), Head { snapshot: id, time }.encode()),
-    );
-    match repo.store().put(&head_key(to), head, PutMode::Create).await {
+    let head_at = head_key(to);
+    let head = Bytes::from(repo.crypt().seal(&head_at, Head { snapshot: id, time }.encode()));
+    match repo.store().put(&head_at, head, PutMode::Create).await {
         Ok(_) => Ok(ForkReport {
             from: source,
             snapshot: id,

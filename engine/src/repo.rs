@@ -683,12 +683,13 @@ impl Locations {
 /// Store errors; [`Error::Invalid`] for a bad URL.
 pub async fn tenant_repositories(url: &str) -> Result<Vec<(String, String)>> {
     let store = crate::store::open_store(url).await?;
+    let config = format!("/{CONFIG_KEY}");
     let mut out: Vec<(String, String)> = store
         .list("")
         .await?
         .into_iter()
         .filter_map(|o| {
-            let tenant = o.key.strip_suffix(&format!("/{CONFIG_KEY}"))?;
+            let tenant = o.key.strip_suffix(&config)?;
             (!tenant.is_empty() && !tenant.contains('/')).then(|| {
                 (
                     tenant.to_string(),

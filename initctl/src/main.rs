@@ -74,9 +74,7 @@ pub struct Global {
 impl Global {
     /// Where the repository's key comes from.
     pub fn keys(&self) -> cairn_engine::KeySource {
-        cairn_engine::KeySource {
-            file: self.key_file.clone().filter(|p| !p.as_os_str().is_empty()),
-        }
+        cairn_engine::KeySource::from_path(self.key_file.clone())
     }
 }
 

@@ -176,8 +176,6 @@ fn init_logging(format: &str) {
 impl RunArgs {
     /// Where the repository's key comes from.
     pub fn keys(&self) -> cairn_engine::KeySource {
-        cairn_engine::KeySource {
-            file: self.key_file.clone().filter(|p| !p.as_os_str().is_empty()),
-        }
+        cairn_engine::KeySource::from_path(self.key_file.clone())
     }
 }

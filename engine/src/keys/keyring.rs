@@ -24,10 +24,14 @@ pub struct KeySource {
 impl KeySource {
     /// `CAIRN_KEY_FILE`, if set and not empty. The variable holds a path, never a key.
     pub fn from_env() -> KeySource {
+        KeySource::from_path(std::env::var_os(KEY_FILE_ENV).map(PathBuf::from))
+    }
+
+    /// A key file given as a flag or variable (`--key-file`, `CAIRN_KEY_FILE`); an empty one is
+    /// none, as a pod spec that sets the variable to "" means.
+    pub fn from_path(path: Option<PathBuf>) -> KeySource {
         KeySource {
-            file: std::env::var_os(KEY_FILE_ENV)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from),
+            file: path.filter(|p| !p.as_os_str().is_empty()),
         }
     }
 
@@ -84,23 +88,28 @@ impl KeyInfo {
 }
 
 fn read_kek(path: &Path) -> Result<FileKek> {
+    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(md) = std::fs::metadata(path) {
-        if md.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
-                path = %path.display(),
-                mode = format!("{:o}", md.permissions().mode() & 0o777),
-                "the key file is readable by others (hooks run as nobody could read it): make it 0400 \
-                 (`chmod 0400`, or `defaultMode: 0400` on a Kubernetes Secret volume)"
-            );
-        }
-    }
-    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| {
+    let unreadable = |e: std::io::Error| {
         Error::Invalid(format!(
             "key file {}: {e}; {KEY_FILE_ENV} (or --key-file) must name a readable file of at least 32 random bytes",
             path.display()
         ))
-    })?);
+    };
+    // One open: the mode checked is that of the file read.
+    let mut f = std::fs::File::open(path).map_err(unreadable)?;
+    let md = f.metadata().map_err(unreadable)?;
+    if md.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", md.permissions().mode() & 0o777),
+            "the key file is readable by others (hooks run as nobody could read it): make it 0400 \
+             (`chmod 0400`, or `defaultMode: 0400` on a Kubernetes Secret volume)"
+        );
+    }
+    // Sized up front, so no reallocation leaves a copy of the key behind unzeroed.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(md.len() as usize + 1));
+    f.read_to_end(&mut bytes).map_err(unreadable)?;
     FileKek::from_file_bytes(&bytes).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
 }
 

@@ -101,39 +101,27 @@ impl Crypt {
         binding: &str,
         stored: &'a [u8],
     ) -> Result<Cow<'a, [u8]>> {
-        match &self.0 {
-            Some(_)
-                if stored.len() >= 8
-                    && &stored[..5] == b"CAIRN"
-                    && stored[6..8] == PLAIN_VERSION.to_le_bytes() =>
-            {
-                Err(Error::Corrupt {
-                    object: key.to_string(),
-                    detail: format!(
-                        "{what}: a plaintext (version 1) object in an encrypted repository: planted or \
-                         damaged, never written by Cairn; run `initctl check`"
-                    ),
-                })
-            }
-            Some(k) => k
+        // The object header's version, if `stored` has one.
+        let version = (stored.len() >= 8 && &stored[..5] == b"CAIRN")
+            .then(|| u16::from_le_bytes([stored[6], stored[7]]));
+        let misplaced = |found: &str| Error::Corrupt {
+            object: key.to_string(),
+            detail: format!(
+                "{what}: {found}: planted or damaged, never written by Cairn; run `initctl check`"
+            ),
+        };
+        match (&self.0, version) {
+            (Some(_), Some(PLAIN_VERSION)) => Err(misplaced(
+                "a plaintext (version 1) object in an encrypted repository",
+            )),
+            (Some(k), _) => k
                 .open_object(what, binding, stored)
                 .map(Cow::Owned)
                 .map_err(|e| sealed_error(key, e)),
-            None => {
-                if stored.len() >= 8
-                    && &stored[..5] == b"CAIRN"
-                    && stored[6..8] != PLAIN_VERSION.to_le_bytes()
-                {
-                    return Err(Error::Corrupt {
-                        object: key.to_string(),
-                        detail: format!(
-                            "{what}: a sealed (version 2) object in a plaintext repository: planted or \
-                             damaged, never written by Cairn; run `initctl check`"
-                        ),
-                    });
-                }
-                Ok(Cow::Borrowed(stored))
+            (None, Some(v)) if v != PLAIN_VERSION => {
+                Err(misplaced("a sealed (version 2) object in a plaintext repository"))
             }
+            (None, _) => Ok(Cow::Borrowed(stored)),
         }
     }
 }
