@@ -175,16 +175,23 @@ fn json_line(o: &Output) -> serde_json::Value {
 #[test]
 fn sigterm_takes_a_final_checkpoint_that_the_next_pod_restores() {
     let mut pod = Pod::new();
-    pod.start(&[
-        "--interval",
-        "0",
-        "--log-format",
-        "json",
-        "--host",
-        "pod-a",
-        "--heartbeat-interval",
-        "100ms",
-    ]);
+    // The daemon and the next pod's restore hold themselves to the writer grant of their
+    // workspace (what a least-privilege credential allows): heartbeats, checkpoints and the
+    // restore need nothing more.
+    let grant = ("CAIRN_GRANT", "writer:agent");
+    pod.start_env(
+        &[
+            "--interval",
+            "0",
+            "--log-format",
+            "json",
+            "--host",
+            "pod-a",
+            "--heartbeat-interval",
+            "100ms",
+        ],
+        &[grant],
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let o = pod.initctl(&["heartbeats", "--workspace", "agent"]);
@@ -224,8 +231,28 @@ fn sigterm_takes_a_final_checkpoint_that_the_next_pod_restores() {
 
     // A new pod restores exactly what the old one had.
     let out = pod.path("next-pod");
-    pod.restore_to(&out);
+    let mut env = pod.env();
+    env.push((grant.0, grant.1.into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = initctl(&["restore", out.to_str().expect("utf-8")], &env);
+    assert!(
+        o.status.success(),
+        "restore within the writer grant: {}",
+        stderr(&o)
+    );
     assert_same_tree(&pod.ws(), &out);
+    // The same grant refuses another workspace's backup before anything reaches the store,
+    // naming the key and the grant.
+    let mut other = env.clone();
+    other.retain(|(k, _)| *k != "CAIRN_WORKSPACE");
+    other.push(("CAIRN_WORKSPACE", "someone-else"));
+    let o = initctl(&["backup", out.to_str().expect("utf-8")], &other);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("access denied") && stderr(&o).contains("writer:agent"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

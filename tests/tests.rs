@@ -1,5 +1,7 @@
 //! Cairn's scenario suite: one test binary, one module per area.
 //!
+//! - `access`    least privilege: the writer, reader and GC grants under every backend, the printed
+//!   cloud policies, moto's IAM holding users to them
 //! - `support`   temp repositories, tree builders, an independent tree comparer, the CLI runner
 //! - `roundtrip` backup then restore over generated trees covering every metadata case
 //! - `incremental` stat cache, subtree reuse, changed files, files torn while read
@@ -18,6 +20,7 @@
 
 mod support;
 
+mod access;
 mod bad_input;
 mod browse;
 mod cli;

@@ -76,6 +76,15 @@ pub enum Error {
         /// Whether repeating the request may succeed.
         retryable: bool,
     },
+    /// The credential's grant does not allow this request (refused before it reached the store,
+    /// or by the store's policy).
+    #[error("{key}: access denied: {detail}")]
+    Denied {
+        /// The store key (or prefix).
+        key: String,
+        /// Which grant refused what.
+        detail: String,
+    },
     /// The local index database failed.
     #[error("local index at {}: {detail}", path.display())]
     Index {

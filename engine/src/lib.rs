@@ -18,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 mod backup;
 mod browse;
 mod check;

@@ -171,8 +171,14 @@ fn set_xattr(of: XattrsOf<'_>, x: &Xattr, as_root: bool) -> io::Result<()> {
     };
     match r {
         Ok(()) => Ok(()),
-        // Attributes outside `user.` need privileges a restore does not always have.
+        // Attributes outside `user.` need privileges a restore does not always have: as another
+        // user, or as a root that runs without the capability (`trusted.*` needs CAP_SYS_ADMIN,
+        // `security.capability` CAP_SETFCAP; the least-privilege pod grants neither).
         Err(_) if !(x.name.starts_with(b"user.") || as_root) => Ok(()),
+        Err(e) if e == rustix::io::Errno::PERM && !x.name.starts_with(b"user.") => {
+            tracing::warn!(xattr = ?name, "extended attribute not restored: this process lacks the capability to set it");
+            Ok(())
+        }
         Err(e) => Err(io::Error::new(
             io::Error::from(e).kind(),
             format!("setting xattr {name:?}: {e}"),

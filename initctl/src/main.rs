@@ -113,6 +113,8 @@ enum Command {
     Gc(cmd::gc::GcArgs),
     /// Repository size, logical size, dedup ratio, objects, workspaces, snapshots.
     Stats(cmd::stats::StatsArgs),
+    /// Print the cloud policy of a role (writer, reader, gc) on a repository, as JSON to apply.
+    Policy(cmd::policy::PolicyArgs),
 }
 
 fn main() -> ExitCode {
@@ -131,6 +133,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.cmd {
             Command::Init(a) => cmd::init::run(&g, a).await,
+            Command::Policy(a) => cmd::policy::run(&g, a).await,
             Command::Key(a) => cmd::key::run(&g, a).await,
             Command::Backup(a) => cmd::backup::run(&g, a).await,
             Command::Restore(a) => cmd::restore::run(&g, a).await,

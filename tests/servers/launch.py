@@ -2,6 +2,10 @@
 
     launch.py s3 PORT            moto's S3 server (supports If-None-Match / If-Match writes)
     launch.py s3-auth PORT       the same, checking every request's credentials against its IAM
+    launch.py s3-iam PORT SPEC OUT
+                                 moto's S3 server with IAM users made from SPEC (JSON: bucket, and
+                                 users: {name: policy document}); their access keys go to OUT
+                                 (JSON: {name: [id, secret]}); then every request is checked
     launch.py gcs PORT           gcp-storage-emulator, as published
     launch.py gcs-cas PORT       gcp-storage-emulator with GCS's ifGenerationMatch preconditions
 
@@ -31,6 +35,37 @@ def serve_s3(port, auth):
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+
+
+def serve_s3_iam(port, spec_path, out_path):
+    """moto with its IAM enforcement, set up through its own API while enforcement is still off."""
+    import json
+    import boto3
+    import urllib.request
+
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    with open(spec_path) as f:
+        spec = json.load(f)
+    admin = dict(endpoint_url=endpoint, region_name="us-east-1",
+                 aws_access_key_id="setup", aws_secret_access_key="setup")
+    boto3.client("s3", **admin).create_bucket(Bucket=spec["bucket"])
+    iam = boto3.client("iam", **admin)
+    keys = {}
+    for name, policy in spec["users"].items():
+        iam.create_user(UserName=name)
+        iam.put_user_policy(UserName=name, PolicyName="cairn", PolicyDocument=json.dumps(policy))
+        k = iam.create_access_key(UserName=name)["AccessKey"]
+        keys[name] = [k["AccessKeyId"], k["SecretAccessKey"]]
+    with open(out_path, "w") as f:
+        json.dump(keys, f)
+    # From now on every request must be signed by one of those users and allowed by its policy.
+    req = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST",
+                                 headers={"Content-Type": "text/plain"})
+    urllib.request.urlopen(req).read()
 
 
 def add_gcs_preconditions():
@@ -119,6 +154,8 @@ def main():
     kind, port = sys.argv[1], int(sys.argv[2])
     if kind in ("s3", "s3-auth"):
         serve_s3(port, kind == "s3-auth")
+    elif kind == "s3-iam":
+        serve_s3_iam(port, sys.argv[3], sys.argv[4])
     elif kind in ("gcs", "gcs-cas"):
         serve_gcs(port, kind == "gcs-cas")
     else:

@@ -60,12 +60,17 @@ pub fn free_port() -> u16 {
 }
 
 fn start(kind: &'static str) -> Server {
+    start_with(kind, &[])
+}
+
+fn start_with(kind: &'static str, args: &[&Path]) -> Server {
     let python = venv_python();
     let port = free_port();
     let mut child = Command::new(python)
         .arg(repo_root().join("tests/servers/launch.py"))
         .arg(kind)
         .arg(port.to_string())
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -99,6 +104,28 @@ pub fn s3_server() -> &'static Server {
 pub fn s3_auth_server() -> &'static Server {
     static S: OnceLock<Server> = OnceLock::new();
     S.get_or_init(|| start("s3-auth"))
+}
+
+/// A moto server of this test's own, enforcing IAM, with one bucket and one user per
+/// `(name, identity policy)`: returns the server and each user's `(access key id, secret)`.
+pub fn s3_iam_server(
+    bucket: &str,
+    users: &[(&str, serde_json::Value)],
+) -> (Server, std::collections::BTreeMap<String, (String, String)>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = dir.path().join("spec.json");
+    let out = dir.path().join("keys.json");
+    let users: serde_json::Map<String, serde_json::Value> =
+        users.iter().map(|(n, p)| (n.to_string(), p.clone())).collect();
+    std::fs::write(
+        &spec,
+        serde_json::json!({ "bucket": bucket, "users": users }).to_string(),
+    )
+    .expect("spec");
+    let server = start_with("s3-iam", &[&spec, &out]);
+    let keys: std::collections::BTreeMap<String, (String, String)> =
+        serde_json::from_slice(&std::fs::read(&out).expect("access keys")).expect("access keys json");
+    (server, keys)
 }
 
 /// gcp-storage-emulator with GCS's ifGenerationMatch preconditions.

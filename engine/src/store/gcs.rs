@@ -75,7 +75,7 @@ impl std::fmt::Debug for GcsStore {
 impl GcsStore {
     /// Connects to `bucket`: to `opts.endpoint` without credentials if it is set (from
     /// `STORAGE_EMULATOR_HOST` through [`super::StoreOptions::from_env`]), otherwise to Google with application default credentials. Keys live under `prefix`
-    /// (empty, or ending in `/`).
+    /// (a trailing `/` is implied).
     ///
     /// # Errors
     /// [`Error::Invalid`] for a malformed bucket name; [`Error::Store`] when no credentials are found.
@@ -119,7 +119,7 @@ impl GcsStore {
             client: Client::new(config),
             at: BucketPath {
                 bucket: bucket.to_string(),
-                prefix: prefix.to_string(),
+                prefix: super::dir_prefix(prefix),
             },
             endpoint: emulator,
             opts,

@@ -188,6 +188,16 @@ impl BucketPath {
     }
 }
 
+/// A key prefix as a directory: empty, or ending in exactly one `/`.
+pub(crate) fn dir_prefix(prefix: &str) -> String {
+    let p = prefix.trim_end_matches('/');
+    if p.is_empty() {
+        String::new()
+    } else {
+        format!("{p}/")
+    }
+}
+
 /// A ranged read that came back with fewer bytes than asked for although the server answered:
 /// the object is shorter than the range.
 pub(crate) fn check_range_len(key: &str, range: &Range<u64>, got: usize) -> Result<()> {
@@ -223,13 +233,17 @@ pub struct StoreOptions {
     pub s3: S3Options,
     /// GCS tuning.
     pub gcs: GcsOptions,
+    /// Refuse, before they reach the store, requests this grant does not allow (`CAIRN_GRANT`:
+    /// a self-check that a pod needs no more than its credential's role).
+    pub grant: Option<crate::access::Grant>,
 }
 
 impl StoreOptions {
     /// Defaults, adjusted by the environment: `CAIRN_STORE_RETRIES` (attempts per request),
     /// `CAIRN_STORE_TIMEOUT` (deadline of a small request, e.g. `30s`), `CAIRN_STORE_MAX_REQUESTS`
     /// (requests in flight), `CAIRN_FAULTS` (a [`FaultPlan`]), `CAIRN_S3_PATH_STYLE`, and
-    /// `STORAGE_EMULATOR_HOST` for GCS.
+    /// `STORAGE_EMULATOR_HOST` for GCS, and `CAIRN_GRANT` (`writer:WORKSPACE`, `writer`, `reader` or
+    /// `gc`).
     ///
     /// # Errors
     /// [`Error::Invalid`] naming the variable whose value does not parse.
@@ -268,6 +282,12 @@ impl StoreOptions {
         }
         if let Some(v) = var("STORAGE_EMULATOR_HOST") {
             o.gcs.endpoint = Some(v);
+        }
+        if let Some(v) = var("CAIRN_GRANT") {
+            o.grant = Some(
+                v.parse()
+                    .map_err(|e| Error::Invalid(format!("CAIRN_GRANT={v:?}: {e}")))?,
+            );
         }
         Ok(o)
     }
@@ -320,6 +340,10 @@ pub async fn open_store_with(location: &str, opts: StoreOptions) -> Result<Arc<d
         )));
     } else {
         (Arc::new(LocalStore::new(location)), false)
+    };
+    let base = match opts.grant {
+        Some(grant) => Arc::new(crate::access::GrantStore::new(base, grant)) as Arc<dyn Store>,
+        None => base,
     };
     let faulty = opts.faults.is_some();
     let store = match opts.faults {

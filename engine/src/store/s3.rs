@@ -87,7 +87,7 @@ impl std::fmt::Debug for S3Store {
 
 impl S3Store {
     /// Connects to `bucket` with the SDK's standard configuration chain; keys live under `prefix`
-    /// (empty, or ending in `/`).
+    /// (a trailing `/` is implied).
     ///
     /// # Errors
     /// [`Error::Invalid`] for a malformed bucket name.
@@ -129,7 +129,7 @@ impl S3Store {
             client: Client::from_conf(conf.build()),
             at: BucketPath {
                 bucket: bucket.to_string(),
-                prefix: prefix.to_string(),
+                prefix: super::dir_prefix(prefix),
             },
             endpoint,
             opts,

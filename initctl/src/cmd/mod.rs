@@ -10,6 +10,7 @@ pub mod gc;
 pub mod heartbeats;
 pub mod init;
 pub mod key;
+pub mod policy;
 pub mod restore;
 pub mod snapshots;
 pub mod stats;
