@@ -2,6 +2,8 @@
 //!
 //! - `access`    least privilege: the writer, reader and GC grants under every backend, the printed
 //!   cloud policies, moto's IAM holding users to them
+//! - `broker`    the credential broker over TLS: scoped credentials for valid tokens, clear refusals,
+//!   no secret in its logs, a pod with only a token backing up and restoring
 //! - `support`   temp repositories, tree builders, an independent tree comparer, the CLI runner
 //! - `roundtrip` backup then restore over generated trees covering every metadata case
 //! - `incremental` stat cache, subtree reuse, changed files, files torn while read
@@ -22,6 +24,7 @@ mod support;
 
 mod access;
 mod bad_input;
+mod broker;
 mod browse;
 mod cli;
 mod cloud;

@@ -20,6 +20,7 @@
 
 pub mod access;
 mod backup;
+pub mod broker;
 mod browse;
 mod check;
 mod chunker;

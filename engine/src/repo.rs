@@ -164,6 +164,13 @@ impl Repo {
                         crate::keys::KEY_FILE_ENV
                     )));
                 }
+                if !keys.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "{}: this repository is not encrypted (format version 1), but the credential broker \
+                         issued a key for it; refusing to store anything meant to be encrypted in the clear",
+                        store.location()
+                    )));
+                }
                 Ok(Repo::with(store, config, got.data, Crypt::plain(), None))
             }
             Encryption::Aes256Gcm => {
@@ -257,7 +264,26 @@ impl Repo {
         Ok(k.clone())
     }
 
-    /// Opens the repository at `url`, retrying failures that can pass (a new pod's credentials
+    /// Opens the repository at `url` once: through the credential broker when `CAIRN_BROKER_URL`
+    /// is set (its repository, key and refreshed credentials, held to its grant), else with the
+    /// store options from the environment.
+    ///
+    /// # Errors
+    /// As [`Repo::open_with`]; the broker's refusals.
+    pub async fn open_url(url: &str, keys: &KeySource) -> Result<Repo> {
+        let (url, keys, opts) = match crate::broker::BrokerClient::from_env()? {
+            Some(b) => Arc::new(b).session(url, keys).await?,
+            None => (
+                url.to_string(),
+                keys.clone(),
+                crate::store::StoreOptions::from_env()?,
+            ),
+        };
+        Repo::open_with(crate::store::open_store_with(&url, opts).await?, &keys).await
+    }
+
+    /// Opens the repository at `url` (through the broker, as [`Repo::open_url`]), retrying
+    /// failures that can pass (a new pod's credentials
     /// and network take seconds to appear: the GKE metadata server, IRSA token files) with
     /// backoff from 200 ms to 10 s, for up to `wait` (without end if `None`). A bad URL or a
     /// store without a repository fails at once. `on_retry` hears each failure and the delay.
@@ -292,10 +318,19 @@ impl Repo {
     {
         let deadline = wait.map(|w| std::time::Instant::now() + w);
         let mut delay = std::time::Duration::from_millis(200);
+        let broker = crate::broker::BrokerClient::from_env()?.map(Arc::new);
         loop {
             let opened = async {
-                let store = crate::store::open_store(url).await?;
-                tokio::try_join!(Repo::open_with(store.clone(), keys), first(store))
+                let (url, keys, opts) = match &broker {
+                    Some(b) => b.session(url, keys).await?,
+                    None => (
+                        url.to_string(),
+                        keys.clone(),
+                        crate::store::StoreOptions::from_env()?,
+                    ),
+                };
+                let store = crate::store::open_store_with(&url, opts).await?;
+                tokio::try_join!(Repo::open_with(store.clone(), &keys), first(store))
             }
             .await;
             match opened {

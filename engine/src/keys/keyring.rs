@@ -15,10 +15,22 @@ use crate::{Error, Result};
 pub const KEY_FILE_ENV: &str = "CAIRN_KEY_FILE";
 
 /// Where the key that opens an encrypted repository comes from.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct KeySource {
     /// A key file: at least 32 random bytes.
     pub file: Option<PathBuf>,
+    /// Key file bytes handed over in memory (by the credential broker); never written to disk.
+    issued: Option<std::sync::Arc<Zeroizing<Vec<u8>>>>,
+}
+
+// Never print the key.
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySource")
+            .field("file", &self.file)
+            .field("issued", &self.issued.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl KeySource {
@@ -32,6 +44,7 @@ impl KeySource {
     pub fn from_path(path: Option<PathBuf>) -> KeySource {
         KeySource {
             file: path.filter(|p| !p.as_os_str().is_empty()),
+            issued: None,
         }
     }
 
@@ -39,12 +52,34 @@ impl KeySource {
     pub fn file(path: impl Into<PathBuf>) -> KeySource {
         KeySource {
             file: Some(path.into()),
+            issued: None,
+        }
+    }
+
+    /// Key file bytes held in memory (what the credential broker hands a pod).
+    pub fn issued(bytes: Zeroizing<Vec<u8>>) -> KeySource {
+        KeySource {
+            file: None,
+            issued: Some(std::sync::Arc::new(bytes)),
         }
     }
 
     /// Whether no key is given at all.
     pub fn is_empty(&self) -> bool {
-        self.file.is_none()
+        self.file.is_none() && self.issued.is_none()
+    }
+
+    /// The key-encrypting key and how to name it in messages, if a key is given.
+    fn kek(&self) -> Result<Option<(FileKek, String)>> {
+        if let Some(bytes) = &self.issued {
+            let kek = FileKek::from_file_bytes(bytes)
+                .map_err(|e| Error::Invalid(format!("the key from the credential broker: {e}")))?;
+            return Ok(Some((kek, "from the credential broker".into())));
+        }
+        match &self.file {
+            Some(path) => Ok(Some((read_kek(path)?, format!("file {}", path.display())))),
+            None => Ok(None),
+        }
     }
 }
 
@@ -186,8 +221,7 @@ pub(crate) async fn unlock(
     src: &KeySource,
 ) -> Result<(RootKey, [u8; 16])> {
     let objects = key_objects(store).await?;
-    if let Some(path) = &src.file {
-        let kek = read_kek(path)?;
+    if let Some((kek, what)) = src.kek()? {
         for k in &objects {
             if k.wrap == KeyWrap::File {
                 if let Some(root) = kek.unwrap(&KeyObject::binding(repo, &k.id, config_bytes), &k.wrapped) {
@@ -196,10 +230,10 @@ pub(crate) async fn unlock(
             }
         }
         return Err(Error::Invalid(format!(
-            "{}: the key file {} opens none of the repository's {} key(s) (`initctl key list` shows them); \
+            "{}: the key {} opens none of the repository's {} key(s) (`initctl key list` shows them); \
              it is the wrong key, or the repository config was replaced; nothing was changed",
             store.location(),
-            path.display(),
+            what,
             objects.len()
         )));
     }

@@ -42,6 +42,8 @@ pub struct S3Options {
     pub path_style: Option<bool>,
     /// Fixed access key id and secret instead of the SDK's credentials chain (tests, embedding).
     pub static_credentials: Option<(String, String)>,
+    /// A credentials provider instead of the SDK's chain (the credential broker's).
+    pub credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
     /// Objects at least this large are uploaded in parts.
     pub multipart_threshold: usize,
     /// Size of each part (S3's minimum is 5 MiB except for the last).
@@ -58,6 +60,7 @@ impl Default for S3Options {
             endpoint: None,
             path_style: None,
             static_credentials: None,
+            credentials: None,
             multipart_threshold: 32 << 20,
             part_size: 8 << 20,
             part_concurrency: 4,
@@ -102,6 +105,9 @@ impl S3Store {
             );
         if let Some(ep) = &opts.endpoint {
             loader = loader.endpoint_url(ep);
+        }
+        if let Some(p) = &opts.credentials {
+            loader = loader.credentials_provider(p.clone());
         }
         if let Some((id, secret)) = &opts.static_credentials {
             loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(

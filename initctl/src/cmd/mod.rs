@@ -24,8 +24,7 @@ use crate::Global;
 
 /// Opens the repository named by `--store`.
 pub async fn open(g: &Global) -> Result<Repo> {
-    let store = open_store(&g.store).await?;
-    Ok(Repo::open_with(store, &g.keys()).await?)
+    Ok(Repo::open_url(&g.store, &g.keys()).await?)
 }
 
 /// `--tenants` and `--key-dir`, for commands that run over every tenant of a bucket.
@@ -77,9 +76,9 @@ where
         failed: false,
     };
     for (tenant, url) in list {
-        let keys = cairn_engine::KeySource {
-            file: t.key_dir.as_ref().map(|d| d.join(&tenant)).filter(|p| p.exists()),
-        };
+        let keys = cairn_engine::KeySource::from_path(
+            t.key_dir.as_ref().map(|d| d.join(&tenant)).filter(|p| p.exists()),
+        );
         let r = match Repo::open_with(open_store(&url).await?, &keys).await {
             Ok(repo) => f(repo).await,
             Err(e) => Err(e.into()),
