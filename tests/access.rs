@@ -295,6 +295,11 @@ fn printed_policies_match_the_golden_files() {
         &[s3, "--role=writer", "--workspace=../x"],
         &[s3, "--bucket-policy"],
         &[s3, "--bucket-policy", "--gc-principal=cairn-gc"],
+        &[
+            s3,
+            "--bucket-policy",
+            "--gc-principal=arn:aws:iam::123456789012:role/*",
+        ],
         &[gs, "--bucket-policy", "--gc-principal=arn:aws:iam::1:role/gc"],
         &["--cloud=aws", "--bucket=b", "--prefix=t/*", "--role=gc"],
     ] {
@@ -462,4 +467,229 @@ async fn moto_iam_holds_each_role_to_its_printed_policy() {
     op.restore("ws-1", None, &out).await;
     assert_same_tree(&vol, &out);
     assert!(check_repo(&op.repo, true).await.errors.is_empty());
+}
+
+/// In every example of deploy/, the agent container has no token, no cloud credential, no key,
+/// no Cairn cache or control socket, and the pod mounts no API token; the Cairn containers drop
+/// every capability but exactly those the capability table of deploy/README.md lists, run with a
+/// read-only root file system, no privilege escalation and the RuntimeDefault seccomp profile.
+#[test]
+fn deploy_examples_give_the_agent_nothing_and_cairn_only_the_documented_capabilities() {
+    let check = r#"
+import glob, re, sys, yaml
+root = sys.argv[1]
+readme = open(root + "/deploy/README.md").read()
+table = readme.split("<!-- capabilities: parsed by tests/access.rs -->", 1)[1]
+caps = {}
+for line in table.strip().splitlines()[2:]:
+    if not line.startswith("|"):
+        break
+    name, listed = [c.strip() for c in line.strip("|").split("|")][:2]
+    caps[name.strip("`")] = set() if listed == "none" else {c.strip() for c in listed.split(",")}
+assert set(caps) == {"restore", "cairn-sidecar", "gc", "broker"}, caps
+
+def pod_specs(doc):
+    kind = doc.get("kind")
+    if kind == "Pod":
+        yield doc["metadata"], doc["spec"]
+    elif kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        t = doc["spec"]["template"]
+        yield t.get("metadata", {}), t["spec"]
+    elif kind == "CronJob":
+        t = doc["spec"]["jobTemplate"]["spec"]["template"]
+        yield t.get("metadata", {}), t["spec"]
+
+secret_env = re.compile(r"^(AWS_|GOOGLE_|GCE_|CLOUDSDK_|CAIRN_BROKER|CAIRN_KEY|CAIRN_STORE|AZURE_)")
+seen_agent = seen_cairn = 0
+for path in sorted(glob.glob(root + "/deploy/*.yaml")):
+    for doc in yaml.safe_load_all(open(path)):
+        if not doc:
+            continue
+        for meta, spec in pod_specs(doc):
+            where = path.rsplit("/", 1)[1]
+            vols = {v["name"]: v for v in spec.get("volumes", [])}
+            assert spec.get("securityContext", {}).get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+            containers = spec.get("initContainers", []) + spec.get("containers", [])
+            for c in containers:
+                name = c["name"]
+                sc = c.get("securityContext", {})
+                if name == "agent":
+                    seen_agent += 1
+                    assert spec.get("automountServiceAccountToken") is False, where + ": the pod mounts an API token"
+                    for m in c.get("volumeMounts", []):
+                        v = vols[m["name"]]
+                        assert "emptyDir" in v or "persistentVolumeClaim" in v or "ephemeral" in v, \
+                            f"{where}: the agent mounts {m['name']}"
+                        assert not m["name"].startswith("cairn"), f"{where}: the agent mounts {m['name']}"
+                    for e in c.get("env", []):
+                        assert not secret_env.match(e["name"]), f"{where}: the agent gets {e['name']}"
+                    assert not c.get("envFrom"), where
+                    # Without the broker the Cairn containers use the pod's ambient identity
+                    # (IRSA, Pod Identity), which its webhook must skip for the agent.
+                    brokered = any(e["name"] == "CAIRN_BROKER_URL" for k in containers for e in k.get("env", []))
+                    skip = meta.get("annotations", {}).get("eks.amazonaws.com/skip-containers", "")
+                    if not brokered:
+                        assert "agent" in [s.strip() for s in skip.split(",")], where + ": IRSA would reach the agent"
+                    assert sc.get("allowPrivilegeEscalation") is False, where
+                    continue
+                assert name in caps, f"{where}: container {name} is not in the capability table"
+                seen_cairn += 1
+                got = sc.get("capabilities", {})
+                assert got.get("drop") == ["ALL"], f"{where}: {name} keeps default capabilities"
+                assert set(got.get("add", [])) == caps[name], f"{where}: {name} adds {got.get('add')}, the table lists {caps[name]}"
+                assert sc.get("readOnlyRootFilesystem") is True, f"{where}: {name}"
+                assert sc.get("allowPrivilegeEscalation") is False, f"{where}: {name}"
+                assert not sc.get("privileged"), f"{where}: {name}"
+            # No token volume of the API server's audience in any container of an agent pod.
+            if any(c["name"] == "agent" for c in containers):
+                for v in vols.values():
+                    for src in v.get("projected", {}).get("sources", []):
+                        t = src.get("serviceAccountToken")
+                        if t:
+                            assert t.get("audience") not in (None, "", "https://kubernetes.default.svc"), where
+assert seen_agent >= 2 and seen_cairn >= 6, (seen_agent, seen_cairn)
+print("ok")
+"#;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let o = std::process::Command::new(venv_python())
+        .arg("-c")
+        .arg(check)
+        .arg(&root)
+        .output()
+        .expect("python");
+    assert!(
+        o.status.success() && stdout(&o).trim() == "ok",
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+}
+
+/// The capabilities deploy/README.md lists for `container`, as setpriv spells them.
+fn documented_caps(container: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/README.md"))
+        .expect("deploy/README.md");
+    let table = readme
+        .split("<!-- capabilities: parsed by tests/access.rs -->")
+        .nth(1)
+        .expect("capability table");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&format!("| `{container}` |")))
+        .unwrap_or_else(|| panic!("no row for {container}"));
+    let listed = row.split('|').nth(2).expect("capabilities column").trim();
+    if listed == "none" {
+        return Vec::new();
+    }
+    listed.split(',').map(|c| c.trim().to_ascii_lowercase()).collect()
+}
+
+/// `initctl` under a bounding set of exactly `caps` (root keeps no other capability).
+fn initctl_with_caps(caps: &[String], args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let bounding = std::iter::once("-all".to_string())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.arg(format!("--bounding-set={bounding}"))
+        .arg("--inh-caps=-all")
+        .arg("--")
+        .arg(initctl_path())
+        .args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CAIRN_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("CAIRN_KEY_FILE", test_key()).envs(env.iter().copied());
+    cmd.output().expect("setpriv initctl")
+}
+
+/// A checkpoint with the sidecar's documented capabilities reads every file, and a restore with
+/// the restore container's rebuilds the tree exactly (owners, modes, setuid bits, a device node,
+/// files only their owner may read); without the capabilities that matter, each fails.
+#[test]
+fn a_backup_and_a_restore_need_only_the_documented_capabilities() {
+    if !is_root() {
+        eprintln!("skipped: dropping capabilities needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store").display().to_string();
+    let env = [
+        ("CAIRN_STORE", store.as_str()),
+        ("CAIRN_WORKSPACE", "w"),
+        (
+            "CAIRN_CACHE_DIR",
+            &*dir.path().join("cache").display().to_string(),
+        ),
+    ]
+    .map(|(k, v)| (k, v.to_string()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = initctl(&["init"], &env);
+    assert!(o.status.success(), "init: {}", stderr(&o));
+    let src = dir.path().join("src");
+    build_everything_tree(&src, 41);
+    // What only privileges reach: a private directory and file of another user, a device node.
+    use std::os::unix::fs::PermissionsExt;
+    let private = src.join("private-of-1234");
+    std::fs::create_dir(&private).expect("mkdir");
+    write(&private.join("secret"), b"only its owner reads this");
+    std::os::unix::fs::lchown(private.join("secret"), Some(1234), Some(1234)).expect("chown");
+    std::fs::set_permissions(private.join("secret"), std::fs::Permissions::from_mode(0o400)).expect("chmod");
+    std::os::unix::fs::lchown(&private, Some(1234), Some(1234)).expect("chown");
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("null-device"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        rustix::fs::makedev(1, 3),
+    )
+    .expect("mknod");
+
+    let sidecar = documented_caps("cairn-sidecar");
+    let restore = documented_caps("restore");
+    let src_s = src.to_str().expect("utf-8");
+    // Without the DAC capabilities the private file is left out (exit 3): the list is needed.
+    let without: Vec<String> = sidecar
+        .iter()
+        .filter(|c| !c.starts_with("dac_"))
+        .cloned()
+        .collect();
+    let o = initctl_with_caps(&without, &["backup", src_s], &env);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "backup without DAC capabilities: {}",
+        stderr(&o)
+    );
+    let o = initctl_with_caps(&sidecar, &["backup", src_s], &env);
+    assert!(
+        o.status.success(),
+        "backup with the sidecar's capabilities: {}",
+        stderr(&o)
+    );
+
+    let out = dir.path().join("out");
+    let out_s = out.to_str().expect("utf-8");
+    let without: Vec<String> = restore.iter().filter(|c| *c != "chown").cloned().collect();
+    let o = initctl_with_caps(
+        &without,
+        &["restore", dir.path().join("out-nochown").to_str().expect("utf-8")],
+        &env,
+    );
+    assert!(
+        !o.status.success(),
+        "a restore without CHOWN cannot restore owners"
+    );
+    let o = initctl_with_caps(&restore, &["restore", out_s], &env);
+    assert!(
+        o.status.success(),
+        "restore with the restore container's capabilities: {}",
+        stderr(&o)
+    );
+    assert_same_tree(&src, &out);
+    make_writable(&src);
+    make_writable(&out);
 }

@@ -242,7 +242,9 @@ async fn broker_scopes_valid_tokens_refuses_the_rest_and_logs_no_secret() {
     let sent = session_policies(s3_server());
     let (_, policy) = sent
         .iter()
-        .find(|(name, _)| name == "cairn@agents-a@pod-a")
+        .find(|(name, policy)| {
+            name == "cairn@agents-a@pod-a" && policy.contains(&format!(":::{}/", b.bucket))
+        })
         .unwrap_or_else(|| panic!("no AssumeRole session for the pod: {sent:?}"));
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(policy).expect("policy json"),
@@ -321,6 +323,23 @@ async fn broker_scopes_valid_tokens_refuses_the_rest_and_logs_no_secret() {
         "403",
         "workspace",
     );
+    // A token that lives longer than the broker accepts, or says nothing of when it was issued:
+    // stolen from a pod, it would stay usable too long.
+    let mut c = claims("agents-a", "ws-1", "pod-a");
+    c["exp"] = (now() + 3 * 86_400).into();
+    refused(b.client(&token(&issuer, c)).fetch().await, "401", "longer than");
+    let mut c = claims("agents-a", "ws-1", "pod-a");
+    c.as_object_mut().expect("object").remove("iat");
+    refused(b.client(&token(&issuer, c)).fetch().await, "401", "iat");
+    // A workspace name so long that its session policy would exceed STS's limit.
+    let long = "w".repeat(128);
+    refused(
+        b.client(&token(&issuer, claims("agents-a", &long, "pod-a")))
+            .fetch()
+            .await,
+        "403",
+        "session policy",
+    );
     // Plain HTTP is refused by the client itself; an unknown CA fails the handshake.
     let file = b.pki("tok");
     std::fs::write(&file, &good).expect("token");
@@ -344,6 +363,49 @@ async fn broker_scopes_valid_tokens_refuses_the_rest_and_logs_no_secret() {
     }
     for line in logs.lines() {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("log line {line:?}: {e}"));
+    }
+}
+
+/// A broker configured to accept tokens of an audience other services share refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_refuses_a_foreign_audience() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = Command::new(venv_python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("servers/pki.py"))
+        .arg(dir.path())
+        .output()
+        .expect("pki.py");
+    assert!(o.status.success());
+    for aud in [
+        "sts.amazonaws.com",
+        "https://kubernetes.default.svc.cluster.local",
+        "",
+    ] {
+        let config = serde_json::json!({
+            "issuer": ISSUER, "audience": aud, "jwks_file": dir.path().join("issuer-jwks.json"),
+            "store": "s3://agent-workspaces/t", "role_arn": "arn:aws:iam::123456789012:role/cairn-writer",
+            "namespaces": {},
+        });
+        std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config");
+        // Under timeout(1): a broker that wrongly starts must not hang the suite.
+        let o = Command::new("timeout")
+            .arg("20")
+            .arg(bin_path("cairn-broker"))
+            .arg("--config")
+            .arg(dir.path().join("config.json"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--tls-cert")
+            .arg(dir.path().join("tls.crt"))
+            .arg("--tls-key")
+            .arg(dir.path().join("tls.key"))
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .expect("cairn-broker");
+        assert!(!o.status.success(), "started with audience {aud:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("audience"), "{err}");
     }
 }
 

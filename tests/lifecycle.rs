@@ -1009,17 +1009,18 @@ assert restore["command"] == ["initctl", "restore"] and "restartPolicy" not in r
 assert env(restore)["CAIRN_TARGET"] == "/workspace"
 assert sidecar["restartPolicy"] == "Always", "a native sidecar"
 assert sidecar["command"] == ["tini", "--", "sidecar", "run"], "an init reaps what hooks leave"
-assert set(sidecar["securityContext"]["capabilities"]["add"]) == {"SYS_ADMIN", "SETUID", "SETGID"}
 assert sidecar["lifecycle"]["preStop"]["exec"]["command"] == ["sidecar", "flush"]
 assert env(restore)["CAIRN_CACHE_DIR"] == env(sidecar)["CAIRN_CACHE_DIR"], "the restore seeds the sidecar's cache"
 deadline = int(env(sidecar)["CAIRN_FLUSH_DEADLINE"].rstrip("s"))
 assert deadline < spec["terminationGracePeriodSeconds"], "the flush ends before SIGKILL"
 assert int(env(restore)["CAIRN_WAIT_PREVIOUS"].rstrip("s")) >= spec["terminationGracePeriodSeconds"]
+assert env(sidecar)["CAIRN_CONTROL_SOCKET"].startswith("/run/cairn/")
+assert env(restore)["CAIRN_BROKER_URL"] == env(sidecar)["CAIRN_BROKER_URL"]
 list(yaml.safe_load_all(open(root + "/deploy/serviceaccount.yaml")))
 cron = yaml.safe_load(open(root + "/deploy/gc-cronjob.yaml"))
 assert cron["spec"]["concurrencyPolicy"] == "Forbid"
 gc = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-assert gc["command"] == ["initctl", "gc"] and env(gc)["CAIRN_GC_PROTECT"] == "6h"
+assert gc["command"] == ["initctl", "gc", "--tenants"] and env(gc)["CAIRN_GC_PROTECT"] == "6h"
 print("ok")
 "#;
     let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());

@@ -42,6 +42,9 @@ struct Args {
     log_format: String,
 }
 
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 1024;
+
 fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig> {
     let certs = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("--tls-cert {}", cert.display()))?
@@ -97,14 +100,26 @@ async fn serve(args: Args) -> Result<()> {
         .with_context(|| format!("--listen {}", args.listen))?;
     tracing::info!(listen = %args.listen, "serving");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // At most this many connections at once; more wait in the listen queue.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = slots.clone().acquire_owned().await?;
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => accepted?,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors or memory, for now: never a reason to stop serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
             _ = term.recv() => return Ok(()),
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
         let (tls, app) = (tls.clone(), app.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),

@@ -189,9 +189,12 @@ pub fn aws_bucket_policy(targets: &[Target], gc_principals: &[String]) -> Result
                 .into(),
         ));
     }
-    if let Some(p) = gc_principals.iter().find(|p| !p.starts_with("arn:aws:iam::")) {
+    if let Some(p) = gc_principals
+        .iter()
+        .find(|p| !p.starts_with("arn:aws:iam::") || p.contains(['*', '?']))
+    {
         return Err(Error::Invalid(format!(
-            "--gc-principal {p:?}: expected an IAM role or user ARN (arn:aws:iam::ACCOUNT:role/NAME)"
+            "--gc-principal {p:?}: expected one IAM role or user ARN (arn:aws:iam::ACCOUNT:role/NAME), no wildcards"
         )));
     }
     let mut immutable = Vec::new();

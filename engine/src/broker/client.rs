@@ -50,6 +50,8 @@ impl BrokerClient {
         }
         let mut b = reqwest::Client::builder()
             .https_only(true)
+            // The bearer token goes to the broker only, never to where a redirect points.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30));
         if let Some(ca) = ca {
@@ -178,11 +180,13 @@ impl BrokerClient {
         }
         let mut opts = StoreOptions::from_env()?;
         opts.grant = Some(issued.grant.parse()?);
-        let keys = match &issued.key {
+        let mut issued = issued;
+        // The key goes into the key source and nowhere else: not into the cached credentials.
+        let keys = match issued.key.take().map(Zeroizing::new) {
             Some(b64) => {
                 let bytes = Zeroizing::new(
                     base64::engine::general_purpose::STANDARD
-                        .decode(b64)
+                        .decode(b64.as_bytes())
                         .map_err(|e| Error::Invalid(format!("the broker's key is not base64: {e}")))?,
                 );
                 KeySource::issued(bytes)
@@ -236,7 +240,9 @@ impl BrokerCredentials {
             }
         }
         match self.client.fetch().await {
-            Ok(fresh) => {
+            Ok(mut fresh) => {
+                // Only credentials are kept; the key was taken once, when the session opened.
+                drop(fresh.key.take().map(Zeroizing::new));
                 let r = to_sdk(&fresh, expires(&fresh).checked_sub(REFRESH_BEFORE).unwrap_or(now));
                 *self
                     .current

@@ -54,9 +54,14 @@ pub struct BrokerConfig {
     pub store: String,
     /// The role assumed for each pod; the session policy narrows it to the pod's workspace.
     pub role_arn: String,
-    /// Lifetime of issued credentials, 900 to 43200 seconds (default 3600).
+    /// Lifetime of issued credentials, 900 to 43200 seconds (default 3600); never longer than
+    /// the token's own remaining life (but at least STS's minimum, 900 s).
     #[serde(default = "default_session_seconds")]
     pub session_seconds: u64,
+    /// The longest token lifetime (`exp - iat`) accepted, in seconds (default 7200): a token
+    /// stolen from a pod stays usable no longer than this, as the broker checks tokens offline.
+    #[serde(default = "default_max_token_seconds")]
+    pub max_token_seconds: u64,
     /// The tenants' key files, one named by each tenant (a Secret mounted as a directory).
     #[serde(default)]
     pub key_dir: Option<PathBuf>,
@@ -67,6 +72,17 @@ pub struct BrokerConfig {
 fn default_session_seconds() -> u64 {
     3600
 }
+
+fn default_max_token_seconds() -> u64 {
+    7200
+}
+
+/// Audiences a broker must never accept: tokens minted for them reach other services too (the
+/// API server's default audience, AWS STS for IRSA, EKS Pod Identity).
+const FOREIGN_AUDIENCES: &[&str] = &["sts.amazonaws.com", "pods.eks.amazonaws.com"];
+
+/// STS refuses a session policy longer than this (packed, as sent).
+const MAX_SESSION_POLICY: usize = 2048;
 
 /// Why a request was refused, and the HTTP status that says so.
 #[derive(Debug)]
@@ -98,6 +114,8 @@ impl Refusal {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    iat: Option<u64>,
+    exp: u64,
     #[serde(rename = "kubernetes.io")]
     kubernetes: KubeClaims,
 }
@@ -194,11 +212,42 @@ impl Broker {
                 config.session_seconds
             )));
         }
+        let aud = config.audience.trim();
+        if aud.is_empty()
+            || FOREIGN_AUDIENCES.contains(&aud)
+            || aud.starts_with("https://kubernetes.default.svc")
+        {
+            return Err(bad(format!(
+                "audience {:?}: use an audience of the broker's own (cairn-broker); tokens minted for the API \
+                 server, STS or Pod Identity reach the agent's container or other services too",
+                config.audience
+            )));
+        }
+        if config.max_token_seconds < 600 {
+            return Err(bad(format!(
+                "max_token_seconds {}: the kubelet mints tokens of at least 600 s",
+                config.max_token_seconds
+            )));
+        }
         if !config.role_arn.starts_with("arn:aws:iam::") {
             return Err(bad(format!(
                 "role_arn {:?}: expected arn:aws:iam::ACCOUNT:role/NAME",
                 config.role_arn
             )));
+        }
+        for rule in config.namespaces.values() {
+            let longest = "w".repeat(128);
+            let t = Target::new(bucket, &format!("{prefix}/{}", rule.tenant))?;
+            let len = aws_identity_policy(&Grant::new(Role::Writer, Some(&longest))?, &t)
+                .to_string()
+                .len();
+            if len > MAX_SESSION_POLICY {
+                tracing::warn!(
+                    tenant = %rule.tenant,
+                    "session policies for workspace names near 128 characters exceed STS's 2048 characters \
+                     ({len}); such workspaces will be refused: keep workspace names short"
+                );
+            }
         }
         let jwks = read_jwks(&config.jwks_file)?;
         Ok(Broker {
@@ -210,42 +259,41 @@ impl Broker {
         })
     }
 
-    /// The key for `kid`, re-reading the key set if the file changed (the issuer rotated keys).
+    /// The key for `kid`; the key set is re-read whenever its file changed (the issuer added or
+    /// retired keys), so a retired key stops verifying at once.
     fn decoding_key(&self, kid: Option<&str>) -> std::result::Result<DecodingKey, Refusal> {
         let mut jwks = self
             .jwks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let find = |set: &JwkSet| match kid {
-            Some(k) => set.find(k).cloned(),
-            None if set.keys.len() == 1 => set.keys.first().cloned(),
-            None => None,
-        };
-        let mut jwk = find(&jwks.set);
-        if jwk.is_none() {
-            let modified = std::fs::metadata(&self.config.jwks_file)
-                .and_then(|m| m.modified())
-                .ok();
-            if modified != jwks.modified {
-                match read_jwks(&self.config.jwks_file) {
-                    Ok(fresh) => *jwks = fresh,
-                    Err(e) => tracing::warn!(error = %e, "could not re-read the issuer's key set"),
+        let modified = std::fs::metadata(&self.config.jwks_file)
+            .and_then(|m| m.modified())
+            .ok();
+        if modified != jwks.modified {
+            match read_jwks(&self.config.jwks_file) {
+                Ok(fresh) => *jwks = fresh,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not re-read the issuer's key set; keeping the last one")
                 }
-                jwk = find(&jwks.set);
             }
         }
+        let jwk = match kid {
+            Some(k) => jwks.set.find(k).cloned(),
+            None if jwks.set.keys.len() == 1 => jwks.set.keys.first().cloned(),
+            None => None,
+        };
         let jwk = jwk.ok_or_else(|| {
+            let shown: String = kid.unwrap_or("(none)").chars().take(64).collect();
             Refusal::unauthenticated(format!(
-                "the token's signing key {} is not one of the issuer's keys",
-                kid.unwrap_or("(no kid)")
+                "the token's signing key {shown:?} is not one of the issuer's keys"
             ))
         })?;
         DecodingKey::from_jwk(&jwk)
             .map_err(|e| Refusal::unauthenticated(format!("the issuer's key is unusable: {e}")))
     }
 
-    /// Verifies `token` and returns `(namespace, service account, pod)`.
-    fn verify(&self, token: &str) -> std::result::Result<(String, String, Option<String>), Refusal> {
+    /// Verifies `token` and returns `(namespace, service account, pod, exp)`.
+    fn verify(&self, token: &str) -> std::result::Result<(String, String, Option<String>, u64), Refusal> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| Refusal::unauthenticated(format!("not a service-account token: {e}")))?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
@@ -259,6 +307,7 @@ impl Broker {
         v.set_audience(&[&self.config.audience]);
         v.set_issuer(&[&self.config.issuer]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v.reject_tokens_expiring_in_less_than = 0;
         v.validate_nbf = true;
         v.leeway = 5;
         let data = jsonwebtoken::decode::<Claims>(token, &key, &v).map_err(|e| {
@@ -276,6 +325,17 @@ impl Broker {
             })
         })?;
         let c = data.claims;
+        let Some(iat) = c.iat else {
+            return Err(Refusal::unauthenticated("the token has no issue time (iat)"));
+        };
+        if c.exp.saturating_sub(iat) > self.config.max_token_seconds {
+            return Err(Refusal::unauthenticated(format!(
+                "the token lives {} s, longer than the {} s this broker accepts (expirationSeconds of the \
+                 projected token)",
+                c.exp.saturating_sub(iat),
+                self.config.max_token_seconds
+            )));
+        }
         let want_sub = format!(
             "system:serviceaccount:{}:{}",
             c.kubernetes.namespace, c.kubernetes.serviceaccount.name
@@ -290,6 +350,7 @@ impl Broker {
             c.kubernetes.namespace,
             c.kubernetes.serviceaccount.name,
             c.kubernetes.pod.map(|p| p.name),
+            c.exp,
         ))
     }
 
@@ -298,7 +359,7 @@ impl Broker {
     /// # Errors
     /// A [`Refusal`] with the status to answer.
     pub async fn issue(&self, token: &str) -> std::result::Result<Issued, Refusal> {
-        let (namespace, sa, pod) = self.verify(token)?;
+        let (namespace, sa, pod, token_exp) = self.verify(token)?;
         let rule = self.config.namespaces.get(&namespace).ok_or_else(|| {
             Refusal::forbidden(format!("namespace {namespace:?} is not mapped to a tenant"))
         })?;
@@ -326,6 +387,21 @@ impl Broker {
         let target =
             Target::new(&self.bucket, &repo_prefix).map_err(|e| Refusal::forbidden(e.to_string()))?;
         let policy = aws_identity_policy(&grant, &target).to_string();
+        if policy.len() > MAX_SESSION_POLICY {
+            return Err(Refusal::forbidden(format!(
+                "workspace {workspace:?}: its session policy ({} characters) exceeds STS's {MAX_SESSION_POLICY}; use a \
+                 shorter workspace name",
+                policy.len()
+            )));
+        }
+        // Credentials outlive neither the token nor the configured session (STS's minimum: 900 s).
+        let now = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let seconds = self
+            .config
+            .session_seconds
+            .min(token_exp.saturating_sub(now).max(900));
         let session = session_name(&namespace, &pod);
         let out = self
             .sts
@@ -333,7 +409,7 @@ impl Broker {
             .role_arn(&self.config.role_arn)
             .role_session_name(&session)
             .policy(policy)
-            .duration_seconds(i32::try_from(self.config.session_seconds).unwrap_or(3600))
+            .duration_seconds(i32::try_from(seconds).unwrap_or(900))
             .send()
             .await
             .map_err(|e| {
