@@ -251,6 +251,63 @@ async fn broker_scopes_valid_tokens_refuses_the_rest_and_logs_no_secret() {
         want
     );
 
+    // Credentials near their expiry are fetched anew, with the token as it is now; the SDK is
+    // told they expire five minutes early, so it asks again while they are still valid.
+    {
+        use aws_credential_types::provider::ProvideCredentials;
+        let client = Arc::new(b.client(&good));
+        let mut near = issued.clone();
+        near.expiration = now() + 120;
+        let creds = cairn_engine::broker::BrokerCredentials::new(client.clone(), near)
+            .provide_credentials()
+            .await
+            .expect("refreshed credentials");
+        assert_ne!(
+            creds.access_key_id(),
+            aws.access_key_id,
+            "credentials near expiry were not refreshed"
+        );
+        let until = creds
+            .expiry()
+            .expect("expiry")
+            .duration_since(UNIX_EPOCH)
+            .expect("time")
+            .as_secs();
+        assert!(
+            until + 290 <= now() + 905 && until + 310 >= now() + 800,
+            "reported expiry {until}"
+        );
+        // Fresh ones are handed out as they are, without asking the broker.
+        let fresh = cairn_engine::broker::BrokerCredentials::new(client, issued.clone())
+            .provide_credentials()
+            .await
+            .expect("credentials");
+        assert_eq!(fresh.access_key_id(), aws.access_key_id);
+        // A broker that cannot be reached leaves still-valid credentials in use a minute more,
+        // and fails only once they are nearly gone.
+        let dead = Arc::new(
+            BrokerClient::new(
+                &format!("https://127.0.0.1:{}", free_port()),
+                &b.pki("tok-dead"),
+                Some(&b.pki("ca.crt")),
+            )
+            .expect("client"),
+        );
+        let mut soon = issued.clone();
+        soon.expiration = now() + 200;
+        let kept = cairn_engine::broker::BrokerCredentials::new(dead.clone(), soon)
+            .provide_credentials()
+            .await
+            .expect("kept while valid");
+        assert_eq!(kept.access_key_id(), aws.access_key_id);
+        let mut gone = issued.clone();
+        gone.expiration = now() + 30;
+        assert!(cairn_engine::broker::BrokerCredentials::new(dead, gone)
+            .provide_credentials()
+            .await
+            .is_err());
+    }
+
     // Tenant B's namespace maps the pod name, and only for the listed service account.
     let in_b = b
         .client(&token(&issuer, claims("agents-b", "allowed", "ws-7")))

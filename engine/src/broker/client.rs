@@ -195,10 +195,7 @@ impl BrokerClient {
         };
         let url = issued.store.clone();
         opts.s3.credentials = Some(aws_credential_types::provider::SharedCredentialsProvider::new(
-            BrokerCredentials {
-                client: self.clone(),
-                current: Mutex::new(Some(issued)),
-            },
+            BrokerCredentials::new(self.clone(), issued),
         ));
         Ok((url, keys, opts))
     }
@@ -226,6 +223,15 @@ fn to_sdk(issued: &Issued, report_until: SystemTime) -> provider::Result {
 }
 
 impl BrokerCredentials {
+    /// Credentials from `client`, starting with `current` (what the session opened with).
+    pub fn new(client: Arc<BrokerClient>, mut current: Issued) -> Self {
+        drop(current.key.take().map(Zeroizing::new));
+        BrokerCredentials {
+            client,
+            current: Mutex::new(Some(current)),
+        }
+    }
+
     async fn load(&self) -> provider::Result {
         let now = SystemTime::now();
         let expires = |i: &Issued| UNIX_EPOCH + Duration::from_secs(i.expiration);
