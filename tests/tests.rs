@@ -4,6 +4,7 @@
 //!   cloud policies, moto's IAM holding users to them
 //! - `broker`    the credential broker over TLS: scoped credentials for valid tokens, clear refusals,
 //!   no secret in its logs, a pod with only a token backing up and restoring
+//! - `guard`     `cairn-guard`: the agent starts only on a whole workspace; signals, status, timeout
 //! - `support`   temp repositories, tree builders, an independent tree comparer, the CLI runner
 //! - `roundtrip` backup then restore over generated trees covering every metadata case
 //! - `incremental` stat cache, subtree reuse, changed files, files torn while read
@@ -31,6 +32,7 @@ mod cloud;
 mod corpus;
 mod encryption;
 mod gc;
+mod guard;
 mod hostile;
 mod incremental;
 mod lifecycle;

@@ -77,13 +77,51 @@ pub struct RestoreArgs {
     /// workspace.
     #[arg(long, value_name = "PATH")]
     include: Vec<std::ffi::OsString>,
+    /// Once the workspace is whole (after the completion marker), write this file (atomically,
+    /// JSON: workspace, snapshot, time); removed first if an earlier run left one. `cairn-guard`
+    /// in the agent's container waits for it.
+    #[arg(long, env = "CAIRN_READY_FILE")]
+    ready_file: Option<PathBuf>,
     /// The directory to restore into (created if missing).
     #[arg(env = "CAIRN_TARGET")]
     target: PathBuf,
 }
 
+/// Removes a ready file an earlier run left, so nothing starts on it before this run finishes.
+fn clear_ready(a: &RestoreArgs) -> Result<()> {
+    if let Some(f) = &a.ready_file {
+        match std::fs::remove_file(f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => bail!("--ready-file {}: cannot remove the old one: {e}", f.display()),
+        }
+    }
+    Ok(())
+}
+
+/// Writes the ready file: a temporary file beside it, then a rename, so a reader sees all or nothing.
+fn write_ready(a: &RestoreArgs, repo: &Repo) -> Result<()> {
+    let Some(f) = &a.ready_file else { return Ok(()) };
+    let snapshot = cairn_engine::read_marker(&a.target)
+        .and_then(|m| m.snapshot)
+        .map(|s| s.to_hex());
+    let body = serde_json::json!({
+        "workspace": a.workspace,
+        "snapshot": snapshot,
+        "store": repo.store().location(),
+        "ready_at": cairn_engine::formats::Timestamp::now().to_rfc3339(),
+    });
+    let tmp = f.with_extension("tmp");
+    std::fs::write(&tmp, format!("{body}\n")).with_context(|| format!("--ready-file {}", tmp.display()))?;
+    std::fs::rename(&tmp, f).with_context(|| format!("--ready-file {}", f.display()))?;
+    Ok(())
+}
+
 pub async fn run(g: &Global, a: RestoreArgs) -> Result<u8> {
     let started = Instant::now();
+    if a.include.is_empty() && a.snapshot == "latest" {
+        clear_ready(&a)?;
+    }
     // The first look for a previous pod's heartbeat shares the config read's round trip.
     let listing = a.snapshot == "latest" && !a.wait_previous.is_zero() && a.include.is_empty();
     let (repo, first_heartbeats) = Repo::open_waiting_and(
@@ -167,6 +205,7 @@ pub async fn run(g: &Global, a: RestoreArgs) -> Result<u8> {
             reconcile_marked(g, &a, &repo, head, &m, changes, &mut out).await?;
         }
     }
+    write_ready(&a, &repo)?;
     report(g, &a, started, &out);
     Ok(exit::OK)
 }
