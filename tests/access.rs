@@ -11,30 +11,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use cairn_engine::access::{Grant, GrantStore};
 use cairn_engine::{
-    forget, forget_workspace, fork, gc, Error, GcOptions, GcsOptions, Heartbeat, HeartbeatWriter, KeepPolicy,
-    LocalStore, PutMode, Repo, S3Options, S3Store, Store, StoreExt,
+    forget, forget_workspace, fork, gc, Error, GcOptions, GcsOptions, Heartbeat, HeartbeatWriter, LocalStore,
+    PutMode, Repo, S3Options, S3Store, Store, StoreExt,
 };
 
+use crate::gc::keep_last;
 use crate::support::servers::*;
 use crate::support::*;
 
 fn gc_opts() -> GcOptions {
-    GcOptions {
-        protect: Duration::ZERO,
-        dry_run: false,
-        holder: "test".into(),
-        lease_ttl: Duration::from_secs(60),
-        repack: true,
-        repack_below: None,
-        max_unused: 0.5,
-    }
-}
-
-fn keep_last(n: usize) -> KeepPolicy {
-    KeepPolicy {
-        last: Some(n),
-        ..KeepPolicy::default()
-    }
+    crate::gc::opts(Duration::ZERO)
 }
 
 fn beat(ws: &str, host: &str, state: &str) -> Heartbeat {

@@ -196,6 +196,15 @@ fn session_policies(server: &Server) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// Asserts the broker refuses a token with `claims` signed by the issuer.
+async fn refused_claims(b: &BrokerProc, claims: serde_json::Value, status: &str, words: &str) {
+    refused(
+        b.client(&token(&b.pki("issuer.pem"), claims)).fetch().await,
+        status,
+        words,
+    );
+}
+
 fn refused(r: cairn_engine::Result<cairn_engine::broker::Issued>, status: &str, words: &str) {
     match r {
         Err(Error::Invalid(m)) => assert!(m.contains(status) && m.contains(words), "{m}"),
@@ -325,13 +334,13 @@ async fn broker_scopes_valid_tokens_refuses_the_rest_and_logs_no_secret() {
 
     let mut c = claims("agents-a", "ws-1", "pod-a");
     c["aud"] = serde_json::json!(["https://kubernetes.default.svc"]);
-    refused(b.client(&token(&issuer, c)).fetch().await, "401", "audience");
+    refused_claims(&b, c, "401", "audience").await;
     let mut c = claims("agents-a", "ws-1", "pod-a");
     c["iss"] = "https://evil.example".into();
-    refused(b.client(&token(&issuer, c)).fetch().await, "401", "issuer");
+    refused_claims(&b, c, "401", "issuer").await;
     let mut c = claims("agents-a", "ws-1", "pod-a");
     c["exp"] = (now() - 120).into();
-    refused(b.client(&token(&issuer, c)).fetch().await, "401", "expired");
+    refused_claims(&b, c, "401", "expired").await;
     refused(
         b.client(&token(&b.pki("other.pem"), claims("agents-a", "ws-1", "pod-a")))
             .fetch()
@@ -341,14 +350,10 @@ async fn broker_scopes_valid_tokens_refuses_the_rest_and_logs_no_secret() {
     );
     let mut c = claims("agents-a", "ws-1", "pod-a");
     c["sub"] = "system:serviceaccount:agents-a:other".into();
-    refused(b.client(&token(&issuer, c)).fetch().await, "401", "subject");
+    refused_claims(&b, c, "401", "subject").await;
     let mut c = claims("agents-a", "ws-1", "pod-a");
     c["kubernetes.io"].as_object_mut().expect("object").remove("pod");
-    refused(
-        b.client(&token(&issuer, c)).fetch().await,
-        "401",
-        "bound to a pod",
-    );
+    refused_claims(&b, c, "401", "bound to a pod").await;
     // An unsigned token ("alg": "none") and garbage.
     let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
     let unsigned = format!(
@@ -358,45 +363,27 @@ async fn broker_scopes_valid_tokens_refuses_the_rest_and_logs_no_secret() {
     );
     refused(b.client(&unsigned).fetch().await, "401", "token");
     refused(b.client("not-a-token").fetch().await, "401", "token");
-    refused(
-        b.client(&token(&issuer, claims("kube-system", "default", "pod-x")))
-            .fetch()
-            .await,
+    refused_claims(
+        &b,
+        claims("kube-system", "default", "pod-x"),
         "403",
         "not mapped to a tenant",
-    );
-    refused(
-        b.client(&token(&issuer, claims("agents-b", "intruder", "ws-7")))
-            .fetch()
-            .await,
-        "403",
-        "may not ask",
-    );
+    )
+    .await;
+    refused_claims(&b, claims("agents-b", "intruder", "ws-7"), "403", "may not ask").await;
     // A service account whose name is no workspace name.
-    refused(
-        b.client(&token(&issuer, claims("agents-a", ".hidden", "pod-a")))
-            .fetch()
-            .await,
-        "403",
-        "workspace",
-    );
+    refused_claims(&b, claims("agents-a", ".hidden", "pod-a"), "403", "workspace").await;
     // A token that lives longer than the broker accepts, or says nothing of when it was issued:
     // stolen from a pod, it would stay usable too long.
     let mut c = claims("agents-a", "ws-1", "pod-a");
     c["exp"] = (now() + 3 * 86_400).into();
-    refused(b.client(&token(&issuer, c)).fetch().await, "401", "longer than");
+    refused_claims(&b, c, "401", "longer than").await;
     let mut c = claims("agents-a", "ws-1", "pod-a");
     c.as_object_mut().expect("object").remove("iat");
-    refused(b.client(&token(&issuer, c)).fetch().await, "401", "iat");
+    refused_claims(&b, c, "401", "iat").await;
     // A workspace name so long that its session policy would exceed STS's limit.
     let long = "w".repeat(128);
-    refused(
-        b.client(&token(&issuer, claims("agents-a", &long, "pod-a")))
-            .fetch()
-            .await,
-        "403",
-        "session policy",
-    );
+    refused_claims(&b, claims("agents-a", &long, "pod-a"), "403", "session policy").await;
     // Plain HTTP is refused by the client itself; an unknown CA fails the handshake.
     let file = b.pki("tok");
     std::fs::write(&file, &good).expect("token");

@@ -17,7 +17,7 @@ use cairn_engine::{
 use crate::support::servers::*;
 use crate::support::*;
 
-fn opts(protect: Duration) -> GcOptions {
+pub(crate) fn opts(protect: Duration) -> GcOptions {
     GcOptions {
         protect,
         dry_run: false,
@@ -33,7 +33,7 @@ async fn run_gc(repo: &Repo, protect: Duration) -> GcReport {
     gc(repo, &opts(protect)).await.expect("gc")
 }
 
-fn keep_last(n: usize) -> KeepPolicy {
+pub(crate) fn keep_last(n: usize) -> KeepPolicy {
     KeepPolicy {
         last: Some(n),
         ..KeepPolicy::default()
