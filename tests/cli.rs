@@ -512,3 +512,67 @@ fn fork_is_constant_time_and_forget_keeps_by_rules_and_never_the_head() {
         make_writable(d);
     }
 }
+
+/// `snapshots --host/--tag/--latest` filter as restic's do, and `forget --keep-tag` keeps tagged
+/// snapshots while `forget --host/--tag` applies the rules only to the snapshots they select.
+#[test]
+fn snapshot_filters_and_tag_rules() {
+    let c = Cli::new();
+    c.ok(&["init"]);
+    let src = c.path("src");
+    write(&src.join("f"), b"0");
+    let s = src.display().to_string();
+    let backup = |host: &str, tags: &str, round: u8| {
+        write(&src.join("f"), &[round]);
+        let mut args = vec!["backup", "--workspace", "w", "--host", host];
+        if !tags.is_empty() {
+            args.extend(["--tag", tags]);
+        }
+        args.push(&s);
+        c.ok(&args).trim().to_string()
+    };
+    let a1 = backup("pod-a", "nightly", 1);
+    let b1 = backup("pod-b", "nightly,release", 2);
+    let a2 = backup("pod-a", "", 3);
+    let b2 = backup("pod-b", "release", 4);
+    let ids = |args: &[&str]| {
+        let mut all = vec!["snapshots", "--json"];
+        all.extend_from_slice(args);
+        let v: serde_json::Value = serde_json::from_str(&c.ok(&all)).expect("json");
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|s| s["id"].as_str().expect("id").to_string())
+            .collect::<Vec<String>>()
+    };
+    assert_eq!(ids(&[]), vec![a1.clone(), b1.clone(), a2.clone(), b2.clone()]);
+    assert_eq!(ids(&["--host", "pod-b"]), vec![b1.clone(), b2.clone()]);
+    assert_eq!(
+        ids(&["--tag", "nightly,release"]),
+        vec![b1.clone()],
+        "a set means all of its tags"
+    );
+    assert_eq!(
+        ids(&["--tag", "nightly", "--tag", "release"]),
+        vec![a1.clone(), b1.clone(), b2.clone()]
+    );
+    assert_eq!(ids(&["--latest", "1"]), vec![b2.clone()]);
+    assert_eq!(ids(&["--host", "pod-a", "--latest", "1"]), vec![a2.clone()]);
+
+    // The rules apply to pod-a's snapshots only: its older one goes, pod-b's stay.
+    c.ok(&[
+        "forget",
+        "--workspace",
+        "w",
+        "--host",
+        "pod-a",
+        "--keep-last",
+        "1",
+    ]);
+    assert_eq!(ids(&[]), vec![b1.clone(), a2.clone(), b2.clone()]);
+    // --keep-tag keeps every release; the head (b2) is kept anyway; a2 goes.
+    let o = c.ok(&["forget", "--workspace", "w", "--keep-tag", "release", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&o).expect("json");
+    assert_eq!(v["remove"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(ids(&[]), vec![b1.clone(), b2.clone()]);
+}

@@ -3,7 +3,9 @@
 //! The rules are restic's: `--keep-last N` keeps the N newest; `--keep-within D` keeps every
 //! snapshot taken within D of the newest one; `--keep-hourly/daily/weekly/monthly N` keep the newest
 //! snapshot in each of the N most recent hours (days, ISO weeks, calendar months, UTC) that have
-//! one. A snapshot kept by any rule is kept. The head is always kept, whatever the rules say.
+//! one; `--keep-tag a,b` keeps every snapshot holding all of those tags. A snapshot kept by any
+//! rule is kept. The head is always kept, whatever the rules say. A [`SnapshotFilter`] (`--host`,
+//! `--tag`) narrows which snapshots the rules apply to; the others are left alone.
 //! Forgetting deletes manifests only; the packs and index records they alone used become garbage
 //! for `gc` to collect after its protection window.
 
@@ -32,12 +34,81 @@ pub struct KeepPolicy {
     pub weekly: Option<usize>,
     /// ... calendar months.
     pub monthly: Option<usize>,
+    /// Every snapshot holding all the tags of one of these sets.
+    pub tags: Vec<Vec<String>>,
+    /// Only these snapshots are considered; the others are neither kept nor forgotten.
+    pub only: SnapshotFilter,
+}
+
+/// Which snapshots a listing or `forget` considers, as restic's `--host`, `--tag` and `--latest`.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotFilter {
+    /// Any of these hosts (none given: any host).
+    pub hosts: Vec<String>,
+    /// Any of these tag sets; a set matches a snapshot holding all of its tags (none: any).
+    pub tags: Vec<Vec<String>>,
+    /// Only the newest N of each workspace that pass the other filters.
+    pub latest: Option<usize>,
+}
+
+impl SnapshotFilter {
+    /// Tag sets as given on the command line: each value is one set, `a,b` meaning both.
+    pub fn tag_sets(values: &[String]) -> Vec<Vec<String>> {
+        values
+            .iter()
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|set| !set.is_empty())
+            .collect()
+    }
+
+    /// Whether nothing is filtered.
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.tags.is_empty() && self.latest.is_none()
+    }
+
+    /// Whether `m` passes the host and tag filters.
+    pub fn matches(&self, m: &cairn_formats::Manifest) -> bool {
+        (self.hosts.is_empty() || self.hosts.contains(&m.host))
+            && (self.tags.is_empty() || has_tags(m, &self.tags))
+    }
+
+    /// The snapshots of `list` (oldest first, as [`Repo::snapshots`] gives them) that pass,
+    /// in the same order.
+    pub fn apply(&self, list: Vec<SnapshotInfo>) -> Vec<SnapshotInfo> {
+        let mut kept: Vec<SnapshotInfo> = list.into_iter().filter(|s| self.matches(&s.manifest)).collect();
+        if let Some(n) = self.latest {
+            let mut per_ws: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+            let mut keep = vec![false; kept.len()];
+            for (i, s) in kept.iter().enumerate().rev() {
+                let seen = per_ws.entry(s.manifest.workspace.clone()).or_insert(0);
+                if *seen < n {
+                    *seen += 1;
+                    keep[i] = true;
+                }
+            }
+            let mut flags = keep.into_iter();
+            kept.retain(|_| flags.next().unwrap_or(false));
+        }
+        kept
+    }
+}
+
+/// Whether `m` holds every tag of at least one of `sets`.
+fn has_tags(m: &cairn_formats::Manifest, sets: &[Vec<String>]) -> bool {
+    sets.iter().any(|set| set.iter().all(|t| m.tags.contains(t)))
 }
 
 impl KeepPolicy {
     /// Whether no rule is set (forgetting with no rule is refused: it would keep only the head).
     pub fn is_empty(&self) -> bool {
-        self.last.is_none()
+        self.tags.is_empty()
+            && self.last.is_none()
             && self.within.is_none()
             && self.hourly.is_none()
             && self.daily.is_none()
@@ -81,12 +152,12 @@ pub async fn forget(
     validate_workspace(workspace).map_err(|e| Error::Invalid(e.to_string()))?;
     if policy.is_empty() {
         return Err(Error::Invalid(
-            "no keep rule given (--keep-last, --keep-within, --keep-hourly/daily/weekly/monthly); \
+            "no keep rule given (--keep-last, --keep-within, --keep-hourly/daily/weekly/monthly, --keep-tag); \
              to delete a whole workspace use --all"
                 .into(),
         ));
     }
-    let mut list = repo.snapshots(Some(workspace)).await?;
+    let mut list = policy.only.apply(repo.snapshots(Some(workspace)).await?);
     list.reverse(); // newest first
     let report = decide(&list, policy);
     if !dry_run {
@@ -149,6 +220,13 @@ fn decide(list: &[SnapshotInfo], policy: &KeepPolicy) -> ForgetReport {
     if let Some(n) = policy.last {
         for r in reasons.iter_mut().take(n) {
             r.push("last".into());
+        }
+    }
+    if !policy.tags.is_empty() {
+        for (i, s) in list.iter().enumerate() {
+            if has_tags(&s.manifest, &policy.tags) {
+                reasons[i].push("tag".into());
+            }
         }
     }
     if let (Some(d), Some(newest)) = (policy.within, list.first()) {
@@ -227,6 +305,83 @@ mod tests {
             },
             is_head: head,
         }
+    }
+
+    fn tagged(n: u8, secs: i64, host: &str, ws: &str, tags: &[&str]) -> SnapshotInfo {
+        let mut s = snap(n, secs, false);
+        s.manifest.host = host.into();
+        s.manifest.workspace = ws.into();
+        s.manifest.tags = tags.iter().map(|t| t.to_string()).collect();
+        s
+    }
+
+    #[test]
+    fn filters_select_by_host_tag_sets_and_the_latest_per_workspace() {
+        // Oldest first, as listings come.
+        let list = vec![
+            tagged(1, 10, "pod-a", "w1", &["nightly"]),
+            tagged(2, 20, "pod-b", "w1", &["nightly", "release"]),
+            tagged(3, 30, "pod-a", "w2", &["release"]),
+            tagged(4, 40, "pod-a", "w1", &[]),
+            tagged(5, 50, "pod-b", "w2", &["nightly"]),
+        ];
+        let ids = |f: SnapshotFilter| {
+            f.apply(list.clone())
+                .iter()
+                .map(|s| s.id.0[0])
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(SnapshotFilter::default()), [1, 2, 3, 4, 5]);
+        let hosts = |h: &[&str]| SnapshotFilter {
+            hosts: h.iter().map(|s| s.to_string()).collect(),
+            ..SnapshotFilter::default()
+        };
+        assert_eq!(ids(hosts(&["pod-b"])), [2, 5]);
+        let tags = |t: &[&str]| SnapshotFilter {
+            tags: SnapshotFilter::tag_sets(&t.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+            ..SnapshotFilter::default()
+        };
+        assert_eq!(
+            ids(tags(&["nightly,release"])),
+            [2],
+            "a set means all of its tags"
+        );
+        assert_eq!(
+            ids(tags(&["release", "nightly"])),
+            [1, 2, 3, 5],
+            "several sets mean any of them"
+        );
+        assert_eq!(
+            ids(tags(&[" , "])),
+            [1, 2, 3, 4, 5],
+            "an empty set filters nothing"
+        );
+        let latest = SnapshotFilter {
+            latest: Some(1),
+            ..SnapshotFilter::default()
+        };
+        assert_eq!(ids(latest), [4, 5], "the newest of each workspace");
+        let both = SnapshotFilter {
+            hosts: vec!["pod-a".into()],
+            latest: Some(1),
+            ..SnapshotFilter::default()
+        };
+        assert_eq!(ids(both), [3, 4], "latest counts what passed the other filters");
+    }
+
+    #[test]
+    fn keep_tag_keeps_every_snapshot_holding_a_tag_set() {
+        let newest_first = vec![
+            tagged(3, 30, "h", "w", &[]),
+            tagged(2, 20, "h", "w", &["release", "v1"]),
+            tagged(1, 10, "h", "w", &["release"]),
+        ];
+        let policy = KeepPolicy {
+            tags: SnapshotFilter::tag_sets(&["release,v1".to_string()]),
+            ..KeepPolicy::default()
+        };
+        assert!(!policy.is_empty());
+        assert_eq!(kept(&decide(&newest_first, &policy)), [2]);
     }
 
     fn kept(r: &ForgetReport) -> Vec<u8> {

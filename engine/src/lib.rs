@@ -59,7 +59,7 @@ pub use compact::{dedup_fetches_from_env, CompactSet, GlobalDedup};
 pub use compress::{decode_blob, encode_blob, EncodedBlob};
 pub use drill::{drill, DrillReport};
 pub use error::{Error, Result};
-pub use forget::{forget, forget_workspace, Decision, ForgetReport, KeepPolicy};
+pub use forget::{forget, forget_workspace, Decision, ForgetReport, KeepPolicy, SnapshotFilter};
 pub use fork::{fork, ForkReport};
 pub use gc::{gc, Condemned, GcOptions, GcReport, GcState, GcView, GC_LEASE_KEY, GC_STATE_KEY};
 pub use heartbeat::{

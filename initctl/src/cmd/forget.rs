@@ -32,8 +32,19 @@ pub struct ForgetArgs {
     /// ... of each of the last N calendar months.
     #[arg(long, value_name = "N")]
     keep_monthly: Option<usize>,
+    /// Keep every snapshot with these tags (`a,b`: both); repeat for any of several sets.
+    #[arg(long, value_name = "TAG[,TAG]")]
+    keep_tag: Vec<String>,
+    /// Apply the rules only to snapshots taken by this host; repeat for several. Others are left
+    /// alone.
+    #[arg(long, value_name = "HOST", conflicts_with = "all")]
+    host: Vec<String>,
+    /// Apply the rules only to snapshots with these tags (`a,b`: both); repeat for any of several
+    /// sets. Others are left alone.
+    #[arg(long, value_name = "TAG[,TAG]", conflicts_with = "all")]
+    tag: Vec<String>,
     /// Delete the whole workspace: its head and every snapshot.
-    #[arg(long, conflicts_with_all = ["keep_last", "keep_within", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly"])]
+    #[arg(long, conflicts_with_all = ["keep_last", "keep_within", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_tag"])]
     all: bool,
     /// Say what would be forgotten; change nothing.
     #[arg(long, short = 'n')]
@@ -70,6 +81,12 @@ pub async fn run(g: &Global, a: ForgetArgs) -> Result<u8> {
             daily: a.keep_daily,
             weekly: a.keep_weekly,
             monthly: a.keep_monthly,
+            tags: cairn_engine::SnapshotFilter::tag_sets(&a.keep_tag),
+            only: cairn_engine::SnapshotFilter {
+                hosts: a.host.clone(),
+                tags: cairn_engine::SnapshotFilter::tag_sets(&a.tag),
+                latest: None,
+            },
         };
         forget(&repo, &a.workspace, &policy, a.dry_run).await
     }

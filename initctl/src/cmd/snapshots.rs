@@ -11,11 +11,25 @@ pub struct SnapshotsArgs {
     /// Only this workspace's snapshots.
     #[arg(long, short, env = "CAIRN_WORKSPACE")]
     workspace: Option<String>,
+    /// Only snapshots taken by this host (the pod's name); repeat for any of several.
+    #[arg(long, value_name = "HOST")]
+    host: Vec<String>,
+    /// Only snapshots with these tags (`a,b`: both); repeat for any of several sets.
+    #[arg(long, value_name = "TAG[,TAG]")]
+    tag: Vec<String>,
+    /// Only the newest N snapshots of each workspace.
+    #[arg(long, value_name = "N")]
+    latest: Option<usize>,
 }
 
 pub async fn run(g: &Global, a: SnapshotsArgs) -> Result<u8> {
     let repo = super::open(g).await?;
-    let list = repo.snapshots(a.workspace.as_deref()).await?;
+    let filter = cairn_engine::SnapshotFilter {
+        hosts: a.host,
+        tags: cairn_engine::SnapshotFilter::tag_sets(&a.tag),
+        latest: a.latest,
+    };
+    let list = filter.apply(repo.snapshots(a.workspace.as_deref()).await?);
     if !repo.is_encrypted() {
         eprintln!(
             "warning: {} is not encrypted (format version 1): anyone who can read the store reads these snapshots",
