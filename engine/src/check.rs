@@ -3,7 +3,9 @@
 //! Without `read_data` it reads every head, manifest, index record and tree, and checks that every
 //! blob a snapshot references is located by its records in a pack that exists with the recorded
 //! size. With `read_data` it also downloads every referenced pack, checks its id, its trailer, and
-//! every blob's hash. It reports every problem it finds rather than stopping at the first.
+//! every blob's hash, and that every place an index record gives for a referenced blob is where
+//! the pack holds that blob (a record whose entries lie, written by a key holder, is found here).
+//! It reports every problem it finds rather than stopping at the first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -71,6 +73,9 @@ pub async fn check(repo: &Repo, read_data: bool, progress: Arc<Progress>) -> Res
     let mut blobs: HashSet<BlobId> = HashSet::new();
     // Referenced byte ranges per pack, to check that a repack moved every one of them.
     let mut ranges: HashMap<PackId, HashSet<(u64, u64)>> = HashMap::new();
+    // Where the records place each referenced blob, per pack, to check against the packs' own
+    // trailers (with read_data).
+    let mut placed: HashMap<PackId, HashMap<cairn_formats::PackEntry, String>> = HashMap::new();
     let listed = store.list(&cairn_formats::snapshot_prefix(None)).await?;
     for o in listed {
         let mut parts = o.key.splitn(3, '/').skip(1);
@@ -106,6 +111,12 @@ pub async fn check(repo: &Repo, read_data: bool, progress: Arc<Progress>) -> Res
                 packs.insert(loc.pack, (loc.kind, size));
                 let r = loc.entry.range();
                 ranges.entry(loc.pack).or_default().insert((r.start, r.end));
+                // Every distinct place, each with the first snapshot that uses it.
+                placed
+                    .entry(loc.pack)
+                    .or_default()
+                    .entry(loc.entry)
+                    .or_insert_with(|| format!("snapshot {} of {ws}", snap.short()));
             }
             Err(e) => errors.push(format!("snapshot {} of {ws}: {e}", snap.short())),
         };
@@ -221,6 +232,7 @@ pub async fn check(repo: &Repo, read_data: bool, progress: Arc<Progress>) -> Res
         )
         .map(|(id, (kind, _))| {
             let progress = progress.clone();
+            let placed = placed.get(id).cloned().unwrap_or_default();
             async move {
                 let key = pack_key(*kind, id);
                 let data = match repo.store().get(&key).await {
@@ -231,7 +243,7 @@ pub async fn check(repo: &Repo, read_data: bool, progress: Arc<Progress>) -> Res
                 let id = *id;
                 let crypt = repo.crypt().clone();
                 tokio::task::spawn_blocking(move || {
-                    (data.len() as u64, verify_pack(&crypt, &key, &id, &data))
+                    (data.len() as u64, verify_pack(&crypt, &key, &id, &data, &placed))
                 })
                 .await
                 .unwrap_or_else(|e| (0, vec![format!("pack verifier panicked: {e}")]))
@@ -250,8 +262,15 @@ pub async fn check(repo: &Repo, read_data: bool, progress: Arc<Progress>) -> Res
     Ok(report)
 }
 
-/// Checks one whole pack: its id, header, trailer, and every blob.
-fn verify_pack(crypt: &crate::keys::Crypt, key: &str, id: &PackId, data: &[u8]) -> Vec<String> {
+/// Checks one whole pack: its id, header, trailer, every blob, and that each place in `placed`
+/// (where records say a referenced blob is) is an entry of the trailer.
+fn verify_pack(
+    crypt: &crate::keys::Crypt,
+    key: &str,
+    id: &PackId,
+    data: &[u8],
+    placed: &HashMap<cairn_formats::PackEntry, String>,
+) -> Vec<String> {
     let mut errors = Vec::new();
     if PackId::of(data) != *id {
         errors.push(format!("{key}: content does not hash to the pack id"));
@@ -263,6 +282,18 @@ fn verify_pack(crypt: &crate::keys::Crypt, key: &str, id: &PackId, data: &[u8]) 
             return errors;
         }
     };
+    let held: HashSet<&cairn_formats::PackEntry> = trailer.blobs.iter().collect();
+    for (entry, by) in placed {
+        if !held.contains(entry) {
+            errors.push(format!(
+                "{by}: its index record places blob {} in {key} at {}..{}, where the pack does not hold it \
+                 (the record is damaged or lies; a restore of that snapshot fails)",
+                entry.id.short(),
+                entry.offset,
+                entry.offset + u64::from(entry.stored_len)
+            ));
+        }
+    }
     for b in &trailer.blobs {
         let r = b.range();
         let stored = &data[r.start as usize..r.end as usize];

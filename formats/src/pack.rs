@@ -57,7 +57,7 @@ pub enum Codec {
 }
 
 /// Where one blob lives inside a pack.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PackEntry {
     /// The blob's id (BLAKE3 of its uncompressed bytes).
     pub id: BlobId,
