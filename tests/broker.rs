@@ -66,8 +66,8 @@ impl Drop for BrokerProc {
     }
 }
 
-/// A tenant repository on the S3 server and a broker that serves it.
-async fn start_broker() -> BrokerProc {
+/// A temp dir holding an issuer key set, a CA and the broker's certificate (`servers/pki.py`).
+fn pki_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let o = Command::new(venv_python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("servers/pki.py"))
@@ -79,6 +79,12 @@ async fn start_broker() -> BrokerProc {
         "pki.py: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    dir
+}
+
+/// A tenant repository on the S3 server and a broker that serves it.
+async fn start_broker() -> BrokerProc {
+    let dir = pki_dir();
     let (store, bucket) = s3_store_with("t/tenant-a", s3_options()).await;
     TestRepo::on_store(store, default_params()).await;
     let keys = dir.path().join("keys");
@@ -413,13 +419,7 @@ async fn broker_scopes_valid_tokens_refuses_the_rest_and_logs_no_secret() {
 /// A broker configured to accept tokens of an audience other services share refuses to start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_refuses_a_foreign_audience() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let o = Command::new(venv_python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("servers/pki.py"))
-        .arg(dir.path())
-        .output()
-        .expect("pki.py");
-    assert!(o.status.success());
+    let dir = pki_dir();
     for aud in [
         "sts.amazonaws.com",
         "https://kubernetes.default.svc.cluster.local",
