@@ -145,12 +145,17 @@ fn wait_ready(port: u16, deadline: Instant) {
 
 /// GET over HTTP/1.1; (status, body).
 fn http_get(port: u16, path: &str) -> (u16, String) {
+    http(port, "GET", path)
+}
+
+/// One HTTP/1.1 request without a body; (status, body).
+fn http(port: u16, method: &str, path: &str) -> (u16, String) {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return (0, String::new());
     };
     let _ = write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);
@@ -207,6 +212,26 @@ fn sigterm_takes_a_final_checkpoint_that_the_next_pod_restores() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(http_get(pod.port, "/healthz").0, 200);
+    // The HTTP port (which the agent reaches over localhost) is read-only: no method but GET is
+    // served, no path but health, readiness and metrics, and nothing it is sent takes a
+    // checkpoint; control goes through the Unix socket only.
+    for (method, path) in [
+        ("POST", "/healthz"),
+        ("POST", "/flush"),
+        ("GET", "/flush"),
+        ("POST", "/checkpoint"),
+        ("PUT", "/metrics"),
+        ("DELETE", "/readyz"),
+        ("POST", "/"),
+    ] {
+        let (status, _) = http(pod.port, method, path);
+        assert!(
+            status == 404 || status == 405,
+            "{method} {path} answered {status}"
+        );
+    }
+    let listed = pod.initctl(&["snapshots", "--workspace", "agent", "--json"]);
+    assert_eq!(stdout(&listed).trim(), "[]", "an HTTP request took a checkpoint");
     // The agent works: edits after the sidecar started.
     write(
         &pod.ws().join("src/new-work.rs"),
