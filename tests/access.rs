@@ -471,8 +471,9 @@ for line in table.strip().splitlines()[2:]:
     if not line.startswith("|"):
         break
     name, listed = [c.strip() for c in line.strip("|").split("|")][:2]
-    caps[name.strip("`")] = set() if listed == "none" else {c.strip() for c in listed.split(",")}
-assert set(caps) == {"restore", "cairn-sidecar", "gc", "broker"}, caps
+    name = name.split("`")[1] + (" freezing" if "CAIRN_FREEZE" in name else "")
+    caps[name] = set() if listed == "none" else {c.strip() for c in listed.split(",")}
+assert set(caps) == {"restore", "cairn-sidecar", "cairn-sidecar freezing", "gc", "broker"}, caps
 
 def pod_specs(doc):
     kind = doc.get("kind")
@@ -520,6 +521,9 @@ for path in sorted(glob.glob(root + "/deploy/*.yaml")):
                     continue
                 assert name in caps, f"{where}: container {name} is not in the capability table"
                 seen_cairn += 1
+                freeze = {e["name"]: e.get("value") for e in c.get("env", [])}.get("CAIRN_FREEZE", "auto")
+                if name == "cairn-sidecar" and freeze != "never":
+                    name = "cairn-sidecar freezing"
                 got = sc.get("capabilities", {})
                 assert got.get("drop") == ["ALL"], f"{where}: {name} keeps default capabilities"
                 assert set(got.get("add", [])) == caps[name], f"{where}: {name} adds {got.get('add')}, the table lists {caps[name]}"
