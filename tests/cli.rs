@@ -576,3 +576,83 @@ fn snapshot_filters_and_tag_rules() {
     assert_eq!(v["remove"].as_array().map(Vec::len), Some(1), "{v}");
     assert_eq!(ids(&[]), vec![b1.clone(), b2.clone()]);
 }
+
+/// `tag` changes a snapshot's tags (a new manifest, so a new id), moves the head when it named
+/// the old one, deletes the old manifest, and a volume whose marker names the old id is still
+/// brought up to date by its init step.
+#[test]
+fn tag_changes_tags_follows_the_head_and_volumes_still_reconcile() {
+    let c = Cli::new();
+    c.ok(&["init"]);
+    let src = c.path("src");
+    build_everything_tree(&src, 61);
+    let s = src.display().to_string();
+    let first = c
+        .ok(&["backup", "--workspace", "w", "--tag", "nightly", &s])
+        .trim()
+        .to_string();
+    write(&src.join("later"), b"second");
+    let second = c.ok(&["backup", "--workspace", "w", &s]).trim().to_string();
+    let listed = || -> Vec<(String, Vec<String>, bool)> {
+        let v: serde_json::Value =
+            serde_json::from_str(&c.ok(&["snapshots", "--workspace", "w", "--json"])).expect("json");
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|s| {
+                let tags = s["tags"]
+                    .as_array()
+                    .expect("tags")
+                    .iter()
+                    .map(|t| t.as_str().expect("tag").to_string())
+                    .collect();
+                (s["id"].as_str().expect("id").to_string(), tags, s["head"] == true)
+            })
+            .collect()
+    };
+    // An older snapshot: a new id, the head untouched.
+    let renamed = c
+        .ok(&["tag", &format!("w@{}", &first[..8]), "--add", "keep"])
+        .trim()
+        .to_string();
+    assert_ne!(renamed, first);
+    assert_eq!(
+        listed(),
+        vec![
+            (
+                renamed.clone(),
+                vec!["nightly".to_string(), "keep".to_string()],
+                false
+            ),
+            (second.clone(), vec![], true)
+        ]
+    );
+    // A volume restored from the head, then the head renamed by new tags.
+    let vol = c.path("vol");
+    c.ok(&["restore", "--workspace", "w", &vol.display().to_string()]);
+    let o = c.run(&["tag", "w", "--set", "a,b", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(v["head_moved"], true, "{v}");
+    let head = v["snapshot"].as_str().expect("id").to_string();
+    assert_eq!(
+        listed(),
+        vec![
+            (renamed, vec!["nightly".to_string(), "keep".to_string()], false),
+            (head, vec!["a".to_string(), "b".to_string()], true)
+        ]
+    );
+    // The volume's marker names the old head, which is gone: the init step still reconciles it.
+    let o = c.run(&["restore", "--workspace", "w", &vol.display().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_tree(&src, &vol);
+    // Nothing to change is refused, and changes nothing.
+    let o = c.run(&["tag", "w"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("nothing to change"),
+        "{}",
+        stderr(&o)
+    );
+    make_writable(&src);
+    make_writable(&vol);
+}

@@ -42,6 +42,7 @@ mod repo;
 mod restore;
 mod stats;
 mod store;
+mod tag;
 mod tree;
 mod verify;
 mod volume;
@@ -83,6 +84,7 @@ pub use store::{
     LocalStore, ObjectMeta, PutMode, RequestCounts, RetryPolicy, RetryStats, RetryStore, S3Options, S3Store,
     Store, StoreExt, StoreOptions, Version,
 };
+pub use tag::{tag, TagChange, TagReport};
 pub use tree::SnapshotTrees;
 pub use verify::{verify_dir, VerifyReport};
 pub use volume::dir::{same_entry, Dir as WorkspaceDir, Mismatch, OpenedFile, Stat};

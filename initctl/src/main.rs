@@ -113,6 +113,8 @@ enum Command {
     Gc(cmd::gc::GcArgs),
     /// Repository size, logical size, dedup ratio, objects, workspaces, snapshots.
     Stats(cmd::stats::StatsArgs),
+    /// Change a snapshot's tags: --set, --add, --remove (its id changes).
+    Tag(cmd::tag::TagArgs),
     /// Print the cloud policy of a role (writer, reader, gc) on a repository, as JSON to apply.
     Policy(cmd::policy::PolicyArgs),
 }
@@ -134,6 +136,7 @@ fn main() -> ExitCode {
         match cli.cmd {
             Command::Init(a) => cmd::init::run(&g, a).await,
             Command::Policy(a) => cmd::policy::run(&g, a).await,
+            Command::Tag(a) => cmd::tag::run(&g, a).await,
             Command::Key(a) => cmd::key::run(&g, a).await,
             Command::Backup(a) => cmd::backup::run(&g, a).await,
             Command::Restore(a) => cmd::restore::run(&g, a).await,

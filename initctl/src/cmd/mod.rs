@@ -14,6 +14,7 @@ pub mod policy;
 pub mod restore;
 pub mod snapshots;
 pub mod stats;
+pub mod tag;
 
 use std::path::PathBuf;
 
