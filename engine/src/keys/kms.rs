@@ -113,7 +113,7 @@ pub(crate) async fn unwrap(
     config_bytes: &[u8],
     wrapped: &[u8],
 ) -> Result<RootKey> {
-    let out = client()
+    let mut out = client()
         .await
         .decrypt()
         .key_id(key)
@@ -122,7 +122,8 @@ pub(crate) async fn unwrap(
         .send()
         .await
         .map_err(|e| kms_error("Decrypt", key, repo, e))?;
-    let plain = Zeroizing::new(out.plaintext().map(|b| b.as_ref().to_vec()).unwrap_or_default());
+    // The SDK's own buffer, taken rather than copied, so that it is zeroed when dropped.
+    let plain = Zeroizing::new(out.plaintext.take().map(Blob::into_inner).unwrap_or_default());
     let bytes: [u8; 32] = plain.as_slice().try_into().map_err(|_| {
         Error::Invalid(format!(
             "AWS KMS Decrypt with key {key} did not return a 32-byte key"
