@@ -282,6 +282,9 @@ async fn broker_scopes_valid_tokens_refuses_the_rest_and_logs_no_secret() {
             aws.access_key_id,
             "credentials near expiry were not refreshed"
         );
+        // A refresh carries credentials only: the key was handed over once.
+        let refreshed = client.refresh().await.expect("refresh");
+        assert!(refreshed.key.is_none() && refreshed.aws.is_some());
         let until = creds
             .expiry()
             .expect("expiry")

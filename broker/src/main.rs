@@ -66,7 +66,15 @@ fn refuse(status: u16, message: &str) -> Response {
     (code, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-async fn credentials(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> Response {
+async fn credentials(
+    State(broker): State<Arc<Broker>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    // `?key=false`: a refresh, which needs credentials only.
+    let with_key = query
+        .as_deref()
+        .is_none_or(|q| !q.split('&').any(|kv| kv == "key=false"));
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -79,7 +87,7 @@ async fn credentials(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> R
             "send the pod's projected service-account token as Authorization: Bearer",
         );
     };
-    match broker.issue(token).await {
+    match broker.issue_with(token, with_key).await {
         Ok(issued) => Json(issued).into_response(),
         Err(r) => {
             tracing::warn!(status = r.status, reason = %r.message, "refused");

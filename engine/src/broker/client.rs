@@ -102,6 +102,18 @@ impl BrokerClient {
     /// [`Error::Invalid`] when the broker refuses this pod (the message says why); a retryable
     /// [`Error::Store`] when it cannot be reached or fails.
     pub async fn fetch(&self) -> Result<Issued> {
+        self.fetch_with(true).await
+    }
+
+    /// Fresh credentials only, without the tenant's key (a refresh: the key never changes).
+    ///
+    /// # Errors
+    /// As [`BrokerClient::fetch`].
+    pub async fn refresh(&self) -> Result<Issued> {
+        self.fetch_with(false).await
+    }
+
+    async fn fetch_with(&self, with_key: bool) -> Result<Issued> {
         let token = Zeroizing::new(
             std::fs::read_to_string(&self.token_file).map_err(|e| Error::Store {
                 key: self.url.clone(),
@@ -117,9 +129,14 @@ impl BrokerClient {
             detail: format!("credential broker: {e}"),
             retryable: true,
         };
+        let url = if with_key {
+            self.url.clone()
+        } else {
+            format!("{}?key=false", self.url)
+        };
         let resp = self
             .http
-            .post(&self.url)
+            .post(&url)
             .bearer_auth(token.trim())
             .send()
             .await
@@ -245,7 +262,7 @@ impl BrokerCredentials {
                 return to_sdk(c, expires(c) - REFRESH_BEFORE);
             }
         }
-        match self.client.fetch().await {
+        match self.client.refresh().await {
             Ok(mut fresh) => {
                 // Only credentials are kept; the key was taken once, when the session opened.
                 drop(fresh.key.take().map(Zeroizing::new));

@@ -11,7 +11,8 @@
 //! ([`BrokerClient`], `CAIRN_BROKER_URL`) fetches them over TLS when it opens the repository and
 //! again before they expire; it holds itself to the same grant ([`crate::access::GrantStore`]).
 //!
-//! Protocol: `POST /v1/credentials` with `Authorization: Bearer <token>`; `200` with an
+//! Protocol: `POST /v1/credentials[?key=false]` (a refresh asks without the key) with
+//! `Authorization: Bearer <token>`; `200` with an
 //! [`Issued`] JSON body, or `401` (the token is not acceptable), `403` (no tenant or workspace for
 //! this identity), `500` (the broker lacks the tenant's key) or `502` (STS failed) with `{"error": "…"}`.
 

@@ -359,6 +359,14 @@ impl Broker {
     /// # Errors
     /// A [`Refusal`] with the status to answer.
     pub async fn issue(&self, token: &str) -> std::result::Result<Issued, Refusal> {
+        self.issue_with(token, true).await
+    }
+
+    /// [`Broker::issue`], with the tenant's key only when `with_key` (a refresh needs none).
+    ///
+    /// # Errors
+    /// A [`Refusal`] with the status to answer.
+    pub async fn issue_with(&self, token: &str, with_key: bool) -> std::result::Result<Issued, Refusal> {
         let (namespace, sa, pod, token_exp) = self.verify(token)?;
         let rule = self.config.namespaces.get(&namespace).ok_or_else(|| {
             Refusal::forbidden(format!("namespace {namespace:?} is not mapped to a tenant"))
@@ -426,6 +434,7 @@ impl Broker {
         })?;
         let expiration = u64::try_from(creds.expiration.secs()).unwrap_or(0);
         let key = match &self.config.key_dir {
+            Some(_) if !with_key => None,
             Some(dir) => Some(read_tenant_key(dir, &rule.tenant).map_err(|e| {
                 tracing::warn!(error = %e, tenant = %rule.tenant, "tenant key unreadable");
                 Refusal {
