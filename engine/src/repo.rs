@@ -45,6 +45,24 @@ pub struct SnapshotInfo {
     pub is_head: bool,
 }
 
+/// What a repository at `url` is opened with: the broker's session (its repository, key and
+/// refreshing credentials) when there is a broker, else `url`, `keys` and the environment's
+/// store options.
+async fn session(
+    broker: Option<&Arc<crate::broker::BrokerClient>>,
+    url: &str,
+    keys: &KeySource,
+) -> Result<(String, KeySource, crate::store::StoreOptions)> {
+    match broker {
+        Some(b) => b.session(url, keys).await,
+        None => Ok((
+            url.to_string(),
+            keys.clone(),
+            crate::store::StoreOptions::from_env()?,
+        )),
+    }
+}
+
 /// An open repository.
 #[derive(Debug, Clone)]
 pub struct Repo {
@@ -271,14 +289,8 @@ impl Repo {
     /// # Errors
     /// As [`Repo::open_with`]; the broker's refusals.
     pub async fn open_url(url: &str, keys: &KeySource) -> Result<Repo> {
-        let (url, keys, opts) = match crate::broker::BrokerClient::from_env()? {
-            Some(b) => Arc::new(b).session(url, keys).await?,
-            None => (
-                url.to_string(),
-                keys.clone(),
-                crate::store::StoreOptions::from_env()?,
-            ),
-        };
+        let broker = crate::broker::BrokerClient::from_env()?.map(Arc::new);
+        let (url, keys, opts) = session(broker.as_ref(), url, keys).await?;
         Repo::open_with(crate::store::open_store_with(&url, opts).await?, &keys).await
     }
 
@@ -321,14 +333,7 @@ impl Repo {
         let broker = crate::broker::BrokerClient::from_env()?.map(Arc::new);
         loop {
             let opened = async {
-                let (url, keys, opts) = match &broker {
-                    Some(b) => b.session(url, keys).await?,
-                    None => (
-                        url.to_string(),
-                        keys.clone(),
-                        crate::store::StoreOptions::from_env()?,
-                    ),
-                };
+                let (url, keys, opts) = session(broker.as_ref(), url, keys).await?;
                 let store = crate::store::open_store_with(&url, opts).await?;
                 tokio::try_join!(Repo::open_with(store.clone(), &keys), first(store))
             }
