@@ -68,6 +68,10 @@ fn the_guard_starts_the_agent_only_on_a_whole_workspace_and_passes_its_status() 
     );
     assert!(!seen.exists(), "the agent started before the workspace was whole");
 
+    // A symlink planted where the temporary ready file goes is replaced, never written through.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"untouched").expect("victim");
+    std::os::unix::fs::symlink(&victim, dir.path().join("ready.tmp")).expect("symlink");
     let o = initctl(
         &[
             "restore",
@@ -78,6 +82,7 @@ fn the_guard_starts_the_agent_only_on_a_whole_workspace_and_passes_its_status() 
         &env,
     );
     assert!(o.status.success(), "restore: {}", stderr(&o));
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"untouched");
     let out = g.wait_with_output().expect("guard");
     assert_eq!(
         out.status.code(),

@@ -99,8 +99,14 @@ fn clear_ready(a: &RestoreArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes the ready file: a temporary file beside it, then a rename, so a reader sees all or nothing.
+/// Writes the ready file: a temporary file beside it, then a rename, so a reader sees all or
+/// nothing. The temporary file is created anew (`O_CREAT | O_EXCL`, which fails on a symlink
+/// rather than following it, after removing whatever is there, which `unlink` never follows), so
+/// nothing planted at its name is written through.
+/// The ready file belongs in a directory the agent cannot write (deploy/README.md).
 fn write_ready(a: &RestoreArgs, repo: &Repo) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let Some(f) = &a.ready_file else { return Ok(()) };
     let snapshot = cairn_engine::read_marker(&a.target)
         .and_then(|m| m.snapshot)
@@ -112,7 +118,18 @@ fn write_ready(a: &RestoreArgs, repo: &Repo) -> Result<()> {
         "ready_at": cairn_engine::formats::Timestamp::now().to_rfc3339(),
     });
     let tmp = f.with_extension("tmp");
-    std::fs::write(&tmp, format!("{body}\n")).with_context(|| format!("--ready-file {}", tmp.display()))?;
+    let context = || format!("--ready-file {}", tmp.display());
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(context),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(format!("{body}\n").as_bytes()))
+        .with_context(context)?;
     std::fs::rename(&tmp, f).with_context(|| format!("--ready-file {}", f.display()))?;
     Ok(())
 }
